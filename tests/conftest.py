@@ -6,8 +6,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib  # noqa: E402
+import tempfile  # noqa: E402
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Identical programs (e.g. the uninterrupted and the resumed run of a resume test) compile once.
+jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "csl_jax_test_jit_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
 CIFAR10_ZIP = SHARED / "data" / "cifar10_jpg.zip"

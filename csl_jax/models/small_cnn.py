@@ -1,0 +1,27 @@
+"""A small VGG-style CNN encoder for CPU-scale experiments (digits, CIFAR smoke runs)."""
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class SmallCNN(nn.Module):
+  """Conv-BN-ReLU stages with 2x2 max-pool between them, global-average pooled.
+
+  Input: f32[B, H, W, C] already normalised (see `models.heads.normalize`).
+  Output: f32[B, widths[-1]] features.
+  """
+  widths: Sequence[int] = (32, 64, 128)
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = True):
+    x = x.astype(self.dtype)
+    for i, width in enumerate(self.widths):
+      x = nn.Conv(width, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype, name=f"conv{i}")(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f"bn{i}")(x)
+      x = nn.relu(x)
+      # No pooling after the last stage: tiny inputs (8x8 digits) keep a 2x2 map.
+      if i < len(self.widths) - 1 and min(x.shape[1:3]) >= 2:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
