@@ -50,6 +50,7 @@ class ImageClassifier(nn.Module):
   mean: Sequence[float]
   std: Sequence[float]
 
+  @nn.compact
   def __call__(self, images, *, train: bool = False):
     features = self.encoder(normalize(images, self.mean, self.std), train=train)
     return nn.Dense(self.num_classes, name="head")(features)

@@ -1,0 +1,24 @@
+"""Training objectives: NT-Xent (Eq. 1), SupCon, Adaptive FNC (Eq. 4), FNC, cross-entropy, the rho schedule.
+
+The contrastive losses share one row-wise core (`contrastive.anchor_rows` + per-loss row functions);
+`sharded.make_sharded_loss` runs that core on each device's anchors against the all-gathered global batch.
+Note: `losses.fnc` is the FNC loss function, which shadows the submodule of the same name; reach the
+module's helpers with `from csl_jax.losses.fnc import fnc_mask` (a full module path import still works).
+"""
+from csl_jax.losses.contrastive import cross_entropy
+from csl_jax.losses.contrastive import nt_xent
+from csl_jax.losses.contrastive import supcon
+from csl_jax.losses.fnc import adaptive_fnc
+from csl_jax.losses.fnc import fnc
+from csl_jax.losses.schedules import rho_schedule
+from csl_jax.losses.sharded import make_sharded_loss
+
+__all__ = [
+    "adaptive_fnc",
+    "cross_entropy",
+    "fnc",
+    "make_sharded_loss",
+    "nt_xent",
+    "rho_schedule",
+    "supcon",
+]

@@ -1,0 +1,142 @@
+"""Contrastive losses over the global batch of a data-parallel mesh (SimCLR's cross-replica negatives).
+
+With the batch sharded along the mesh axis "data", a loss computed per device would only see that device's
+images as negatives. Here each device all-gathers z1, z2 (and labels), keeps only the rows of the 2N x 2N
+similarity matrix that belong to its own anchors (local anchors vs all global views: O(n * N) work and
+memory per device instead of O(N^2)), computes their per-anchor losses with the same row functions as the
+single-device losses, and a psum of the per-anchor sums (and of the cancellation counts) gives the global
+mean. The result equals the single-device loss on the gathered batch in value and gradient: the transpose
+of all_gather is a reduce-scatter, so each device receives the gradient that other devices' anchors send
+to its embeddings.
+"""
+import inspect
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from csl_jax.losses import contrastive
+# Names, not the module: `csl_jax.losses.fnc` is the public function fnc, which shadows the submodule.
+from csl_jax.losses.fnc import adaptive_fnc
+from csl_jax.losses.fnc import adaptive_fnc_rows
+from csl_jax.losses.fnc import cancellation_stats
+from csl_jax.losses.fnc import check_rho
+from csl_jax.losses.fnc import check_top_k
+from csl_jax.losses.fnc import fnc
+from csl_jax.losses.fnc import fnc_rows
+
+# Public single-device loss of each name: the source of the keyword arguments and their defaults.
+_PUBLIC_LOSSES = {
+    "nt_xent": contrastive.nt_xent,
+    "supcon": contrastive.supcon,
+    "adaptive_fnc": adaptive_fnc,
+    "fnc": fnc,
+}
+
+
+def _loss_defaults(name: str) -> dict:
+  """Keyword hyper-parameters of the public loss `name` with their defaults (labels excluded)."""
+  parameters = inspect.signature(_PUBLIC_LOSSES[name]).parameters.values()
+  return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "labels"}
+
+
+def _row_losses(name: str, rows: contrastive.AnchorRows, rho, hyper: dict):
+  """(f32[B] per-anchor losses, int32 counts) of loss `name` on a block of anchor rows."""
+  if name == "nt_xent":
+    return contrastive.nt_xent_rows(rows, **hyper), {}
+  if name == "supcon":
+    return contrastive.supcon_rows(rows, **hyper), {}
+  if name == "adaptive_fnc":
+    return adaptive_fnc_rows(rows, temperature=hyper["temperature"], rho=rho)
+  return fnc_rows(rows, **hyper)
+
+
+def _local_loss(z1, z2, labels, rho, *, name, hyper, axis_name, num_devices):
+  """Per-device body: local views [n, D] -> (global mean loss, global stats), both replicated."""
+  num_local = z1.shape[0]
+  z1_all = jax.lax.all_gather(z1, axis_name, tiled=True)
+  z2_all = jax.lax.all_gather(z2, axis_name, tiled=True)
+  labels_all = None if labels is None else jax.lax.all_gather(labels, axis_name, tiled=True)
+  offset = jax.lax.axis_index(axis_name) * num_local
+  rows = contrastive.anchor_rows(z1, z2, z1_all, z2_all, row_offset=offset, labels_rows=labels,
+                                 labels_all=labels_all)
+  per_anchor, counts = _row_losses(name, rows, rho, hyper)
+  num_anchors = 2 * num_local * num_devices
+  loss = jax.lax.psum(jnp.sum(per_anchor), axis_name) / num_anchors
+  if not counts:
+    return loss, {}
+  return loss, cancellation_stats(jax.lax.psum(counts, axis_name), num_anchors)
+
+
+def make_sharded_loss(name: str, mesh: jax.sharding.Mesh, *, axis_name: str = "data", **loss_kwargs):
+  """Builds the global-batch version of a contrastive loss for a data-parallel mesh.
+
+  Args:
+    name: "nt_xent", "supcon", "adaptive_fnc" or "fnc".
+    mesh: a jax.sharding.Mesh with an axis `axis_name` over which the batch is sharded (other mesh axes,
+      if any, see the batch replicated).
+    axis_name: the data-parallel mesh axis.
+    **loss_kwargs: the loss's keyword hyper-parameters (temperature; rho for adaptive_fnc; threshold and
+      top_k for fnc); missing ones take the single-device function's defaults.
+
+  Returns:
+    fn(z1, z2, labels=None, rho=None) -> (f32[] loss, dict of f32[] stats), replicated. z1, z2:
+    f32/bf16[N, D] global arrays (N divisible by the axis size), labels: int[N] or None. labels are needed
+    by supcon, give precision/recall stats for the FNC losses and are ignored by nt_xent. rho (adaptive_fnc
+    only; may be traced, e.g. rho_fn(step)) overrides loss_kwargs["rho"]. stats is {} for nt_xent and
+    supcon, and the same dict as the single-device FNC losses otherwise. Call it inside jax.jit (the train
+    step); on a mesh with Explicit axes, eager jax.grad of it also needs `with jax.set_mesh(mesh):`.
+  """
+  if name not in _PUBLIC_LOSSES:
+    raise ValueError(f"make_sharded_loss: unknown loss {name!r}; expected one of {sorted(_PUBLIC_LOSSES)}.")
+  if axis_name not in mesh.axis_names:
+    raise ValueError(f"make_sharded_loss: mesh has axes {mesh.axis_names}, no data axis {axis_name!r}. "
+                     "Build the mesh with that axis name or pass axis_name=.")
+  hyper = _loss_defaults(name)
+  unknown = set(loss_kwargs) - set(hyper)
+  if unknown:
+    raise ValueError(f"make_sharded_loss: {name} takes {sorted(hyper)}, got unexpected {sorted(unknown)}.")
+  hyper.update(loss_kwargs)
+  contrastive.check_temperature(hyper["temperature"])
+  if name == "fnc":
+    check_top_k(hyper["top_k"])
+  default_rho = hyper.pop("rho", None)
+  num_devices = mesh.shape[axis_name]
+  explicit_axis = mesh.axis_types[mesh.axis_names.index(axis_name)] == AxisType.Explicit
+
+  def loss_fn(z1, z2, labels=None, rho=None):
+    contrastive.check_views(z1, z2, labels, what=f"sharded {name}")
+    if z1.shape[0] % num_devices:
+      raise ValueError(f"sharded {name}: batch size {z1.shape[0]} is not divisible by the {num_devices} "
+                       f"devices of mesh axis {axis_name!r}; use a global batch that is a multiple of it.")
+    if name == "supcon" and labels is None:
+      raise ValueError("sharded supcon needs labels: call fn(z1, z2, labels).")
+    if name == "nt_xent":
+      labels = None  # SimCLR is self-supervised: labels in the batch are simply not used.
+    if rho is not None and name != "adaptive_fnc":
+      raise ValueError(f"sharded {name}: rho is the Adaptive FNC threshold; {name} takes no rho "
+                       "(FNC's fixed threshold is make_sharded_loss('fnc', ..., threshold=...)).")
+    rho = default_rho if rho is None else rho
+    if name == "adaptive_fnc":
+      check_rho(rho)
+      rho = jnp.asarray(rho, jnp.float32)
+
+    # shard_map takes no None leaves with a PartitionSpec, so the optional inputs travel in a dict.
+    optional = {} if labels is None else {"labels": labels}
+    if rho is not None:
+      optional["rho"] = rho
+    args = (z1, z2, optional)
+    specs = (P(axis_name), P(axis_name), {key: P() if key == "rho" else P(axis_name) for key in optional})
+    if explicit_axis:
+      # On an Explicit-axes mesh (jax.make_mesh's default) shard_map does not reshard its inputs itself.
+      args = jax.tree.map(lambda a, s: jax.reshard(a, NamedSharding(mesh, s)), args, specs)
+
+    def per_device(z1, z2, optional):
+      return _local_loss(z1, z2, optional.get("labels"), optional.get("rho"), name=name, hyper=hyper,
+                         axis_name=axis_name, num_devices=num_devices)
+
+    return jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P())(*args)
+
+  return loss_fn
