@@ -1,0 +1,92 @@
+"""Geometry stage: encoder features of the test split -> geometry.json, class_distances.png, tsne.png, tsne.npz.
+
+The caller (the pipeline) extracts features; this stage only measures them, so it can be rerun on saved
+features and tested without a model.
+"""
+import json
+import math
+import pathlib
+from typing import Optional, Sequence
+
+import numpy as np
+
+from csl_jax.analysis import geometry
+from csl_jax.analysis import plots
+from csl_jax.analysis import tsne
+
+
+def _json_number(value):
+  """float, or None for nan/inf (JSON has no NaN; the report shows None as '—')."""
+  value = float(value)
+  return value if math.isfinite(value) else None
+
+
+def run_geometry_stage(features, labels, class_names: Sequence[str], out_dir, *, features_view2=None,
+                       tsne_max_points: int = 5000, seed: int = 0, block_size: int = 1024,
+                       normalize: bool = True, tsne_threads: Optional[int] = None) -> dict:
+  """Measures class separation, alignment and uniformity of f32[N, D] features and writes the stage outputs.
+
+  Args:
+    features: f32[N, D] encoder features of the test split (one view, no augmentation).
+    labels: int[N] in [0, len(class_names)).
+    class_names: C names, used for the heatmap and t-SNE legend.
+    out_dir: run directory; created if needed.
+    features_view2: optional f32[N, D] features of a second augmented view of the same N images (row i
+      ↔ row i) for alignment; without it alignment is reported as null.
+    tsne_max_points: t-SNE subsample size (fixed seed); 0 skips t-SNE (tsne.png / tsne.npz not written).
+    seed: subsampling and t-SNE seed.
+    block_size: tile size of the N×N pair computations.
+    normalize: measure distances between L2-normalised features (default, as on the contrastive
+      hypersphere) or raw ones. Uniformity and alignment are always on normalised features.
+    tsne_threads: OpenMP threads for t-SNE (None: all cores; see `tsne.tsne_embed`).
+
+  Returns:
+    The geometry.json dict: inter_class, intra_class, ratio, alignment, uniformity,
+    class_distance_matrix [[...]], num_examples, plus intra_class_per_class, normalized, tsne_points.
+  """
+  features = np.asarray(features, np.float32)
+  labels = np.asarray(labels)
+  num_classes = len(class_names)
+  if features.ndim != 2 or features.shape[0] < 2:
+    raise ValueError(f"features must be f32[N, D] with N ≥ 2; got shape {list(features.shape)}.")
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+
+  unit = geometry.l2_normalize(features)
+  sums = geometry.pair_sums(unit if normalize else features, labels, num_classes, block_size=block_size)
+  separation = geometry.class_distances_from_sums(sums)
+  if normalize:
+    uniformity = geometry.uniformity_from_sums(sums)
+  else:
+    uniformity = geometry.uniformity(features, block_size=block_size)
+  alignment = None
+  if features_view2 is not None:
+    alignment = geometry.alignment(features, features_view2)
+
+  matrix = separation["class_distance_matrix"]
+  result = {
+      "inter_class": _json_number(separation["inter_class"]),
+      "intra_class": _json_number(separation["intra_class"]),
+      "ratio": _json_number(separation["ratio"]),
+      "alignment": None if alignment is None else _json_number(alignment),
+      "uniformity": _json_number(uniformity),
+      "class_distance_matrix": [[_json_number(v) for v in row] for row in matrix],
+      "num_examples": int(features.shape[0]),
+      "intra_class_per_class": [_json_number(v) for v in separation["intra_class_per_class"]],
+      "class_names": list(class_names),
+      "normalized": bool(normalize),
+      "tsne_points": 0,
+  }
+  ratio_text = "n/a" if result["ratio"] is None else f"{result['ratio']:.2f}×"
+  plots.class_distance_heatmap(matrix, class_names, out_dir / "class_distances.png",
+                               title=f"mean pairwise distance (inter/intra = {ratio_text})")
+  if tsne_max_points > 0 and features.shape[0] >= 4:
+    # t-SNE sees the same (normalised) vectors the distances were measured on.
+    embedding = tsne.tsne_embed(np.asarray(unit) if normalize else features, labels,
+                                max_points=tsne_max_points, seed=seed, num_threads=tsne_threads)
+    tsne.save_tsne(out_dir / "tsne.npz", embedding, class_names)
+    plots.tsne_figure(out_dir / "tsne.png", embedding["points"], embedding["labels"], class_names,
+                      title=f"t-SNE of test features (inter/intra = {ratio_text})")
+    result["tsne_points"] = int(len(embedding["indices"]))
+  (out_dir / "geometry.json").write_text(json.dumps(result, indent=2))
+  return result
