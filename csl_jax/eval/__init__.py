@@ -1,0 +1,1 @@
+"""Evaluators: features, linear probe, kNN, robustness (attacks) and corruption stages."""
