@@ -17,9 +17,17 @@ flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (multi-
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietCheckpointing:
+  """Drops orbax's per-save INFO chatter (dozens of lines per checkpoint); warnings still show."""
+
+  def filter(self, record):
+    return record.levelno >= 30 or "/orbax/" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietCheckpointing())
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.multihost:
     jax.distributed.initialize()

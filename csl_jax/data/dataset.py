@@ -1,0 +1,248 @@
+"""The data interface every stage uses: `load(source, split)` -> a dataset with `.batches(...)`.
+
+Sources:
+  "digits"          scikit-learn's bundled 8x8 digits (offline; see `digits.py`).
+  "tfds:<name>"     a prepared tensorflow-datasets dataset (never downloaded; see `tfds_source.py`).
+  "folder:<path>"   an image folder `<root>/<split>/<class>/<file>` or a .zip of one (see `folder.py`).
+
+In-memory sources return an `ArrayDataset` (uint8 images in host memory). Batch order is a pure function
+of (seed, step): epoch e = step // steps_per_epoch visits the examples in the order
+`np.random.default_rng([seed, e]).permutation(N)`, so a resumed run (`start_step=s`) sees exactly the
+batches an uninterrupted run sees from step s. In multi-host runs every process draws the same global
+batch and keeps its own contiguous slice of it.
+
+The source modules are imported lazily: "digits" and "folder:" never pay for importing TensorFlow.
+"""
+import dataclasses
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+Batch = dict  # {"image": u8[local_b, H, W, C], "label": i32[local_b]}
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The visiting order of epoch `epoch`: int64[num_examples], a permutation of range(num_examples)."""
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int, drop_remainder: bool) -> int:
+  """Number of global batches in one pass; a final partial batch counts only without drop_remainder."""
+  if drop_remainder:
+    return num_examples // global_batch_size
+  return -(-num_examples // global_batch_size)
+
+
+def process_slice(batch_len: int, process_index: int, process_count: int) -> slice:
+  """The contiguous part of a global batch of `batch_len` examples that process `process_index` keeps.
+
+  Full batches split evenly; a smaller final batch (one-pass evaluation) splits as evenly as possible
+  (`np.array_split` sizes), so the processes' slices still partition it.
+  """
+  base, extra = divmod(batch_len, process_count)
+  start = process_index * base + min(process_index, extra)
+  return slice(start, start + base + (process_index < extra))
+
+
+def resolve_processes(process_index: int | None, process_count: int | None) -> tuple:
+  """(process_index, process_count), defaulting to jax.process_index() / jax.process_count()."""
+  if process_index is None or process_count is None:
+    import jax  # Lazy: host-side loading alone never needs JAX.
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count}).")
+  return process_index, process_count
+
+
+def check_batch_size(global_batch_size: int, process_count: int):
+  """Raises unless the global batch splits evenly across processes."""
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
+                     f"process_count={process_count}: every process takes an equal slice of each batch.")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous; compare .images yourself.
+class ArrayDataset:
+  """A labelled image dataset held in host memory.
+
+  images: u8[N, H, W, C] in [0, 255]; labels: i32[N] in [0, num_classes); class_names: label -> name.
+  """
+  images: np.ndarray
+  labels: np.ndarray
+  class_names: Sequence[str]
+  name: str = ""
+
+  def __post_init__(self):
+    if self.images.dtype != np.uint8 or self.images.ndim != 4:
+      raise ValueError(f"{self.name}: images must be uint8[N, H, W, C], "
+                       f"got {self.images.dtype}{list(self.images.shape)}.")
+    if self.labels.shape != self.images.shape[:1]:
+      raise ValueError(f"{self.name}: {len(self.labels)} labels for {len(self.images)} images.")
+    object.__setattr__(self, "labels", self.labels.astype(np.int32, copy=False))
+    object.__setattr__(self, "class_names", list(self.class_names))
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.images)
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def image_shape(self) -> tuple:
+    return tuple(self.images.shape[1:])
+
+  def __len__(self) -> int:
+    return self.num_examples
+
+  def __getitem__(self, index) -> "ArrayDataset":
+    """Subset by slice, integer array or boolean mask (always returns a dataset)."""
+    if isinstance(index, (int, np.integer)):
+      index = slice(index, index + 1 if index != -1 else None)
+    return dataclasses.replace(self, images=self.images[index], labels=self.labels[index])
+
+  def take(self, n: int) -> "ArrayDataset":
+    """The first n examples (the split's stored order)."""
+    return self[:n]
+
+  def __repr__(self):
+    return (f"ArrayDataset({self.name!r}, num_examples={self.num_examples}, image_shape={self.image_shape}, "
+            f"num_classes={self.num_classes})")
+
+  def batches(self, global_batch_size: int, *, seed: int, start_step: int = 0, shuffle: bool = True,
+              drop_remainder: bool = True, process_index: int | None = None,
+              process_count: int | None = None) -> Iterator[Batch]:
+    """Yields {"image": u8[local_b, H, W, C], "label": i32[local_b]}, local_b = global_batch_size // process_count.
+
+    shuffle=True: an endless stream of epochs, each a fresh permutation (see `epoch_permutation`);
+    global step s is a pure function of (seed, s), so `start_step=s` resumes exactly.
+    shuffle=False: one pass in stored order starting at batch `start_step`; with drop_remainder=False
+    the last batch is smaller (evaluation callers pad it themselves).
+    process_index/process_count default to jax.process_index()/jax.process_count().
+    """
+    process_index, process_count = resolve_processes(process_index, process_count)
+    check_batch_size(global_batch_size, process_count)
+    steps = steps_per_epoch(self.num_examples, global_batch_size, drop_remainder)
+    if steps == 0:
+      raise ValueError(f"{self.name}: {self.num_examples} examples are fewer than one global batch of "
+                       f"{global_batch_size}; lower the batch size or pass drop_remainder=False.")
+    return self._iterate(global_batch_size, seed, start_step, shuffle, steps, process_index, process_count)
+
+  def _iterate(self, global_batch_size, seed, start_step, shuffle, steps, process_index, process_count):
+    order, order_epoch = np.arange(self.num_examples), None
+    step = start_step
+    while shuffle or step < steps:
+      epoch, within = divmod(step, steps)
+      if shuffle and epoch != order_epoch:
+        order, order_epoch = epoch_permutation(self.num_examples, seed, epoch), epoch
+      indices = order[within * global_batch_size:(within + 1) * global_batch_size]
+      indices = indices[process_slice(len(indices), process_index, process_count)]
+      yield {"image": self.images[indices], "label": self.labels[indices]}
+      step += 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# Host-side resizing shared by the sources (done once at load time, not per step).
+
+
+def fit_image(image: Image.Image, size: int) -> Image.Image:
+  """Resizes the shorter side to `size` (PIL bilinear, antialiased when shrinking), then center-crops size x size."""
+  width, height = image.size
+  if (width, height) != (size, size):
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+  return image
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+  """u8[N, H, W, C] (C = 1 or 3) -> u8[N, size, size, C] via `fit_image` (shorter side + center crop)."""
+  if images.shape[1:3] == (size, size):
+    return images
+  channels = images.shape[-1]
+  out = np.empty((len(images), size, size, channels), np.uint8)
+  for i, img in enumerate(images):
+    pil = Image.fromarray(img[..., 0] if channels == 1 else img)
+    out[i] = np.asarray(fit_image(pil, size)).reshape(size, size, channels)
+  return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Entry points.
+
+SOURCES_HELP = ('"digits", "tfds:<name>" (e.g. tfds:cifar10, tfds:imagenet2012) or "folder:<path>" '
+                '(a directory <root>/<split>/<class>/<image> or a .zip of one)')
+
+
+def load(source: str, split: str, *, data_dir: str | None = None, cache_dir: str | None = None,
+         image_size: int | None = None):
+  """Loads split `split` of `source` (see the module docstring); returns an ArrayDataset or, for large
+  TFDS datasets (imagenet2012), a `tfds_source.StreamingDataset` with the same `batches(...)` but no `.images`.
+
+  data_dir: TFDS data directory. cache_dir: where decoded image folders are cached (default ~/.cache/csl_jax).
+  image_size: resize (shorter side) + center-crop every image to image_size x image_size on the host.
+  """
+  kind, sep, arg = source.partition(":")
+  if source == "digits":
+    from csl_jax.data import digits
+    return digits.load(split, image_size=image_size)
+  if sep and kind == "tfds" and arg:
+    from csl_jax.data import tfds_source
+    return tfds_source.load(arg, split, data_dir=data_dir, image_size=image_size)
+  if sep and kind == "folder" and arg:
+    from csl_jax.data import folder
+    return folder.load(arg, split, cache_dir=cache_dir, image_size=image_size)
+  raise ValueError(f"Unknown data source {source!r}; expected {SOURCES_HELP}.")
+
+
+# Per-channel mean/std of images in [0, 1] over the training split, for the model's input normalisation.
+# CIFAR: population statistics of the training images; ImageNet: the customary torchvision values.
+_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+KNOWN_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar10_corrupted": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "imagenet2012": _IMAGENET_STATS,
+    "imagenet2012_subset": _IMAGENET_STATS,
+    "imagenet2012_real": _IMAGENET_STATS,
+    "imagenet2012_corrupted": _IMAGENET_STATS,
+    "imagenet_v2": _IMAGENET_STATS,
+}
+
+
+def compute_channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple:
+  """(mean, std) per channel of u8[N, H, W, C] images scaled to [0, 1], pooled over all pixels."""
+  total = np.zeros(images.shape[-1])
+  total_sq = np.zeros(images.shape[-1])
+  for start in range(0, len(images), chunk):  # Chunks bound the float64 temporaries.
+    block = images[start:start + chunk].reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    total += block.sum(0)
+    total_sq += np.square(block).sum(0)
+  count = images.size // images.shape[-1]
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+  return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def channel_stats(source: str, **load_kwargs) -> tuple:
+  """(mean, std) tuples per channel for normalising [0, 1] images of `source`.
+
+  Known TFDS datasets (CIFAR-10/100, ImageNet, MNIST) come from a table; "digits", "folder:" and other
+  in-memory sources are computed from their "train" split (load_kwargs are passed to `load`).
+  """
+  kind, _, name = source.partition(":")
+  if kind == "tfds":
+    base = name.split("/")[0].split(":")[0]
+    if base in KNOWN_STATS:
+      return KNOWN_STATS[base]
+  ds = load(source, "train", **load_kwargs)
+  if not hasattr(ds, "images"):
+    raise ValueError(f"{source}: no stored channel statistics and the dataset streams, so they cannot be "
+                     f"computed here; add them to csl_jax.data.dataset.KNOWN_STATS.")
+  return compute_channel_stats(ds.images)
