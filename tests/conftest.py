@@ -12,7 +12,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 # Identical programs (e.g. the uninterrupted and the resumed run of a resume test) compile once.
-jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "csl_jax_test_jit_cache"))
+jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "csl_jax_test_jit_cache", os.environ.get("PYTEST_XDIST_WORKER", "main")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
