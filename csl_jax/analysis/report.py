@@ -178,10 +178,11 @@ def gap_closed(drop_method: float, drop_baseline: float, drop_reference: float) 
   """Fraction of the robustness gap closed (paper Table 4, ↑x%), computed on P_drop values.
 
   (drop_baseline − drop_method) / (drop_baseline − drop_reference): 0 = as fragile as the baseline
-  (SimCLR), 1 = as robust as the reference (SupCon); nan when the baseline and reference drops are equal.
+  (SimCLR), 1 = as robust as the reference (SupCon); nan when the reference is not more robust than the
+  baseline (drop_reference >= drop_baseline): then there is no gap to close.
   """
   denominator = drop_baseline - drop_reference
-  return (drop_baseline - drop_method) / denominator if abs(denominator) > 1e-12 else float("nan")
+  return (drop_baseline - drop_method) / denominator if denominator > 1e-12 else float("nan")
 
 
 def _attack_key(entry: dict) -> tuple:
@@ -264,7 +265,7 @@ def robustness_table(runs: Sequence[Run], labels: dict, baseline: Optional[Run],
       if anchors and run.path not in (baseline.path, reference.path) and all(key in a for a in anchors):
         closed = gap_closed(drop, anchors[0][key], anchors[1][key])
         if math.isfinite(closed):
-          cell += f" ↑{100 * closed:.0f}%"
+          cell += f" ↑{round(100 * closed):d}%"
       row.append(cell)
     rows.append(row)
   return Table(header, rows)
@@ -382,7 +383,8 @@ def _robustness_section(runs, labels, out_dir, baseline, reference, notes) -> Se
   if baseline is not None and reference is not None:
     blocks.append(f"↑x% = share of the robustness gap closed, (P_drop[{labels[baseline.path]}] − P_drop) / "
                   f"(P_drop[{labels[baseline.path]}] − P_drop[{labels[reference.path]}]), as in paper Table 4 "
-                  "(shown for rows other than the baseline and reference).")
+                  "(shown for rows other than the baseline and reference, and only in columns where the reference is "
+                  "more robust than the baseline — elsewhere there is no gap to close).")
   elif not any("skipped" in str(block) for block in blocks):
     missing = " and ".join(role for role, run in (("baseline (simclr)", baseline), ("reference (supcon)", reference))
                            if run is None)
