@@ -1,0 +1,110 @@
+"""The evaluation loop: padding without recompilation, sharding over 8 simulated devices, compaction."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding
+
+from csl_jax import attacks
+from csl_jax.attacks.autoattack import Stage, bucket_size
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.integers(0, 256, (20, 6, 6, 1)).astype(np.uint8)
+
+
+class _ConvNet(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(4, (3, 3))(x))
+    return nn.Dense(5)(jnp.reshape(x, (x.shape[0], -1)))
+
+
+_MODEL = _ConvNet()
+_PARAMS = _MODEL.init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 1)))
+TRACES = {"count": 0}
+
+
+def logits_fn(x):
+  TRACES["count"] += 1  # runs only while JAX traces, so it counts compilations
+  return _MODEL.apply(_PARAMS, x)
+
+
+LABELS = np.argmax(np.asarray(logits_fn(IMAGES / 255.0)), axis=1).astype(np.int32)
+
+
+def test_padding_never_recompiles_and_matches_one_big_batch():
+  pgd = functools.partial(attacks.pgd, logits_fn, eps=0.05, steps=3, random_start=False)
+  acc_small, correct_small = attacks.robust_accuracy(pgd, logits_fn, IMAGES, LABELS, batch_size=8, progress=False)
+  traces = TRACES["count"]
+  # Another set size with the same batch size: a different padding, no new compilation.
+  attacks.robust_accuracy(pgd, logits_fn, IMAGES[:13], LABELS[:13], batch_size=8, progress=False)
+  assert TRACES["count"] == traces
+  acc_big, correct_big = attacks.robust_accuracy(pgd, logits_fn, IMAGES, LABELS, batch_size=20, progress=False)
+  np.testing.assert_array_equal(correct_small, correct_big)
+  assert acc_small == acc_big == correct_small.mean()
+
+
+def test_sharded_pgd_equals_unsharded():
+  devices = jax.devices()
+  assert len(devices) == 8, "tests/conftest.py should simulate 8 CPU devices"
+  mesh = Mesh(np.array(devices), ("data",))
+  seen = []
+
+  def pgd(x, y, key):
+    seen.append(x.sharding)
+    return attacks.pgd(logits_fn, x, y, eps=0.05, norm="l2", steps=5, key=key)
+
+  key = jax.random.PRNGKey(3)
+  _, correct_1, adv_1 = attacks.robust_accuracy(pgd, logits_fn, IMAGES, LABELS, batch_size=16, key=key,
+                                                keep_adversarial=True, progress=False)
+  _, correct_8, adv_8 = attacks.robust_accuracy(pgd, logits_fn, IMAGES, LABELS, batch_size=16, mesh=mesh, key=key,
+                                                keep_adversarial=True, progress=False)
+  assert isinstance(seen[-1], NamedSharding) and len(seen[-1].device_set) == 8
+  np.testing.assert_array_equal(correct_1, correct_8)
+  np.testing.assert_allclose(adv_1, adv_8, atol=1e-6)
+
+
+def test_batch_size_rounds_up_to_the_mesh():
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  acc, _ = attacks.robust_accuracy(None, logits_fn, IMAGES, LABELS, batch_size=5, mesh=mesh, progress=False)
+  assert acc == 1.0  # labels are the model's own predictions
+
+
+def test_robust_points_are_compacted_into_fixed_batches():
+  """AutoAttack re-batches only still-robust points; every stage call sees the same batch shape."""
+  sizes = []
+
+  def fool_first_half(x, y, key):
+    del y, key
+    # Stage "attack": replace the image with one the model labels differently, for half the batch.
+    flipped = 1.0 - x
+    return jnp.where(jnp.arange(x.shape[0])[:, None, None, None] < x.shape[0] // 2, flipped, x)
+
+  def record(x, y, key):
+    sizes.append(x.shape[0])
+    return fool_first_half(x, y, key)
+
+  stages = [Stage("a", record), Stage("b", record), Stage("c", record)]
+  result = attacks.run_autoattack(logits_fn, IMAGES, LABELS, eps=1.0, norm="linf", stages=stages, batch_size=8)
+  assert sizes[0] == 8 and set(sizes) <= {8, 4, 2, 1}  # shrinking subsets reuse a few fixed shapes
+  history = list(result.robust_accuracy.values())
+  assert all(a >= b for a, b in zip(history, history[1:]))
+  flipped_wrong = np.argmax(np.asarray(logits_fn(result.x_adv)), 1) != LABELS
+  np.testing.assert_array_equal(~result.robust, flipped_wrong)
+
+
+def test_bucket_sizes_follow_the_robust_set():
+  assert bucket_size(300, 512) == 512
+  assert bucket_size(256, 512) == 256
+  assert bucket_size(257, 512) == 512
+  assert bucket_size(3, 512) == 32  # at most four halvings: few distinct shapes
+  assert bucket_size(1, 16, Mesh(np.array(jax.devices()), ("data",))) == 8  # never below one row per device
+
+
+def test_mismatched_images_and_labels_are_rejected():
+  with pytest.raises(ValueError, match="labels"):
+    attacks.robust_accuracy(None, logits_fn, IMAGES, LABELS[:-1], batch_size=4, progress=False)
