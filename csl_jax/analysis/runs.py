@@ -1,0 +1,130 @@
+"""Gathering a report's inputs: the run directories (any directory with run.json) and their stage outputs.
+
+`discover_runs` finds them, `load_run` reads every stage's JSON into a `Run` (a field is None when its
+file is missing or unreadable, with the reason in `problems`), `resolve_baseline_and_reference` picks
+Table 4's baseline (SimCLR) and reference (SupCon).
+"""
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Optional, Sequence, Union
+
+_METHOD_ORDER = ("ce", "supcon", "simclr", "fnc", "ifnd", "afnc")
+
+
+@dataclasses.dataclass
+class Run:
+  """One run directory's outputs; a field is None when its file is missing or unreadable."""
+  path: pathlib.Path
+  name: str
+  method: str
+  info: dict
+  linear_eval: Optional[dict] = None
+  robustness: Optional[dict] = None
+  geometry: Optional[dict] = None
+  corruptions: Optional[dict] = None
+  pretrain_metrics: Optional[list] = None
+  problems: list = dataclasses.field(default_factory=list)
+
+
+def discover_runs(workdirs: Sequence[Union[str, pathlib.Path]]) -> list:
+  """Every directory at or below the workdirs that contains run.json, resolved and de-duplicated."""
+  found = []
+  for workdir in workdirs:
+    workdir = pathlib.Path(workdir)
+    if not workdir.is_dir():
+      raise FileNotFoundError(f"{workdir}: not a directory; pass the workdir the pipeline wrote its runs to.")
+    found.extend(path.parent.resolve() for path in workdir.rglob("run.json"))
+  return sorted(set(found))
+
+
+def _read_json(path: pathlib.Path, problems: list):
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError) as error:
+    problems.append(f"{path.name} unreadable ({error})")
+    return None
+
+
+def _read_jsonl(path: pathlib.Path, problems: list):
+  if not path.exists():
+    return None
+  records = []
+  for number, line in enumerate(path.read_text().splitlines(), 1):
+    if line.strip():
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        problems.append(f"{path.name}: line {number} is not JSON (skipped)")
+  return records
+
+
+def load_run(path) -> Run:
+  """Reads run.json and every stage output present in one run directory."""
+  path = pathlib.Path(path).resolve()
+  problems = []
+  info = _read_json(path / "run.json", problems) or {}
+  name = str(info.get("name") or path.name)
+  return Run(path=path, name=name, method=str(info.get("method") or name).lower(), info=info,
+             linear_eval=_read_json(path / "linear_eval.json", problems),
+             robustness=_read_json(path / "robustness.json", problems),
+             geometry=_read_json(path / "geometry.json", problems),
+             corruptions=_read_json(path / "corruptions.json", problems),
+             pretrain_metrics=_read_jsonl(path / "pretrain_metrics.jsonl", problems), problems=problems)
+
+
+def _sort_key(run: Run):
+  rank = _METHOD_ORDER.index(run.method) if run.method in _METHOD_ORDER else len(_METHOD_ORDER)
+  return rank, run.name, str(run.path)
+
+
+def label_runs(runs: Sequence[Run]) -> dict:
+  """{run path: display label}: the run name, or its path relative to the common parent when names clash."""
+  names = [run.name for run in runs]
+  parent = pathlib.Path(os.path.commonpath([r.path for r in runs])) if runs else None
+  labels = {}
+  for run in runs:
+    clash = names.count(run.name) > 1
+    labels[run.path] = str(run.path.relative_to(parent)) if clash and run.path != parent else run.name
+  return labels
+
+
+def _find_run(spec: str, runs: list, role: str) -> Run:
+  path = pathlib.Path(spec)
+  if (path / "run.json").exists():
+    path = path.resolve()
+    for run in runs:
+      if run.path == path:
+        return run
+    run = load_run(path)
+    runs.append(run)
+    return run
+  matches = [run for run in runs if run.name == spec]
+  if len(matches) == 1:
+    return matches[0]
+  raise ValueError(f"--{role} {spec!r}: expected a run directory containing run.json or the name of exactly one "
+                   f"discovered run; found {len(matches)} runs named so among {sorted(r.name for r in runs)}.")
+
+
+def resolve_baseline_and_reference(runs: list, baseline: Optional[str] = None,
+                                   reference: Optional[str] = None) -> tuple:
+  """(baseline Run | None, reference Run | None, notes). Defaults: the run with method "simclr" / "supcon".
+
+  Explicit specs (a run directory or run name) that match nothing raise ValueError; a missing default
+  only adds a note. A directory outside the workdirs is loaded and appended to `runs`.
+  """
+  notes = []
+  chosen = []
+  for spec, role, method in ((baseline, "baseline", "simclr"), (reference, "reference", "supcon")):
+    if spec is not None:
+      chosen.append(_find_run(spec, runs, role))
+      continue
+    candidates = sorted((r for r in runs if r.method == method), key=lambda r: (r.name != method, str(r.path)))
+    if len(candidates) > 1:
+      notes.append(f"Several {method} runs found; using {candidates[0].path} as the {role} "
+                   f"(pass --{role} to choose).")
+    chosen.append(candidates[0] if candidates else None)
+  return chosen[0], chosen[1], notes
