@@ -12,8 +12,8 @@ Versions, as in the reference fra31/auto-attack (`AutoAttack.set_version`):
 
 Each attack runs only on points that are still robust after the previous ones: between stages (and
 between APGD-T targets and APGD restarts) the still-robust points are gathered and re-batched into
-padded batches of a few fixed sizes (batch_size / 2^k, `bucket_size`), so the work shrinks with the
-robust set while each attack compiles at most five times, whatever the subset sizes. A point counts
+padded batches of a few fixed sizes (batch_size / 2^k ≥ 8, `bucket_size`), so the work shrinks with
+the robust set while each attack compiles only for the few sizes it meets (one per power of two). A point counts
 as robust only if every stage fails on it.
 """
 import dataclasses
@@ -42,11 +42,13 @@ class Stage:
 
 @dataclasses.dataclass
 class AutoAttackResult:
-  """x_adv f32[N, ...]; robust bool[N]; robust accuracy after the clean pass and each stage; seconds."""
+  """x_adv f32[N, ...]; robust bool[N]; robust accuracy after the clean pass and each stage; wall-clock
+  seconds in total and per stage (including compilation)."""
   x_adv: np.ndarray
   robust: np.ndarray
   robust_accuracy: Dict[str, float]
   seconds: float
+  stage_seconds: Dict[str, float]
 
 
 def _apgd_stage(logits_fn, *, eps, norm, loss, restart, target_rank=None, **options):
@@ -79,12 +81,13 @@ def build_stages(logits_fn, *, eps, norm, version, num_classes) -> List[Stage]:
   if version not in VERSIONS:
     raise ValueError(f"autoattack: version={version!r}; choose one of {VERSIONS}.")
   apgd = functools.partial(_apgd_stage, logits_fn, eps=eps, norm=norm)
-  n_targets = min(5 if (version == "standard" and norm == "l1") else 9, num_classes - 1)
-  if n_targets < (5 if (version == "standard" and norm == "l1") else 9):
-    warnings.warn(f"autoattack: the model has {num_classes} classes, so APGD-T uses {n_targets} target classes.")
   if version == "rand":
     return [Stage(f"apgd-{loss}", apgd(loss=loss, restart=0, eot_iter=20)) for loss in ("ce", "dlr")]
-  larger_eps = norm == "l1"
+  wanted_targets = 5 if (version == "standard" and norm == "l1") else 9
+  n_targets = min(wanted_targets, num_classes - 1)
+  if n_targets < wanted_targets:
+    warnings.warn(f"autoattack: the model has {num_classes} classes, so APGD-T uses {n_targets} target classes.")
+  larger_eps = norm == "l1" and version == "standard"  # the reference sets the ℓ1 schedule in "standard" only
   ce_restarts = 5 if (version == "plus" or norm == "l1") else 1
   stages = [Stage(f"apgd-ce[{r}]", apgd(loss="ce", restart=r, use_larger_eps=larger_eps)) for r in range(ce_restarts)]
   targeted = [Stage(f"apgd-t[{rank}]", apgd(loss="dlr-targeted", restart=0, target_rank=rank,
@@ -108,17 +111,17 @@ def build_stages(logits_fn, *, eps, norm, version, num_classes) -> List[Stage]:
   return stages
 
 
-# Still-robust subsets smaller than a batch are padded to batch_size / 2^k for the smallest such size that
-# fits (k ≤ 4): work stays proportional to the robust set, with at most five shapes (compilations) per attack.
-_BUCKET_LEVELS = 5
+# Still-robust subsets smaller than a batch are padded to batch_size / 2^k, the smallest such size that
+# fits but at least _MIN_BUCKET rows: work stays proportional to the robust set, with at most
+# log2(batch_size / _MIN_BUCKET) + 1 shapes (compilations) per attack.
+_MIN_BUCKET = 8
 
 
 def bucket_size(num_points: int, batch_size: int, mesh=None) -> int:
-  """Fixed batch size for attacking `num_points` still-robust points (see `_BUCKET_LEVELS`)."""
+  """Fixed batch size for attacking `num_points` still-robust points (see `_MIN_BUCKET`)."""
+  floor = max(_MIN_BUCKET, 1 if mesh is None else mesh.shape["data"])
   size = batch_size
-  for _ in range(_BUCKET_LEVELS - 1):
-    if num_points > size // 2 or size // 2 < 1:
-      break
+  while num_points <= size // 2 and size // 2 >= floor:
     size //= 2
   return evaluate.padded_batch_size(size, mesh)
 
@@ -146,11 +149,13 @@ def run_autoattack(logits_fn, x, y, *, eps, norm="linf", version="standard", key
     num_classes = int(logits_shape.shape[1])
     stages = build_stages(logits_fn, eps=eps, norm=norm, version=version, num_classes=num_classes)
   history = {"clean": clean_acc}
+  stage_seconds = {}
   x_adv = x_float.copy()
   for i, stage in enumerate(stages):
     index = np.flatnonzero(robust)
     if index.size == 0:
       break
+    stage_start = time.perf_counter()
     _, still, adv = evaluate.robust_accuracy(
         stage.attack_fn, logits_fn, x_float[index], labels[index], batch_size=bucket_size(index.size, batch_size, mesh),
         mesh=mesh, desc=stage.name, key=jax.random.fold_in(key, i), progress=progress, keep_adversarial=True)
@@ -158,7 +163,9 @@ def run_autoattack(logits_fn, x, y, *, eps, norm="linf", version="standard", key
     x_adv[fooled] = adv[~still]
     robust[fooled] = False
     history[stage.name] = float(np.mean(robust))
-  return AutoAttackResult(x_adv=x_adv, robust=robust, robust_accuracy=history, seconds=time.perf_counter() - start)
+    stage_seconds[stage.name] = time.perf_counter() - stage_start
+  return AutoAttackResult(x_adv=x_adv, robust=robust, robust_accuracy=history, seconds=time.perf_counter() - start,
+                          stage_seconds=stage_seconds)
 
 
 def autoattack(logits_fn, x, y, *, eps, norm="linf", version="standard", key=None, batch_size=None, mesh=None,

@@ -2,10 +2,10 @@
 
 All losses map logits f32[B, K] (and int labels [B]) to f32[B]; attacks ascend them.
 - "ce": cross-entropy of the true class.
-- "dlr": Difference of Logits Ratio (Croce & Hein 2020, Eq. 6), shift- and scale-invariant in the logits:
+- "dlr": Difference of Logits Ratio (Croce & Hein 2020), shift- and scale-invariant in the logits:
     DLR(z, y) = −(z_y − max_{i≠y} z_i) / (z_π1 − z_π3 + 1e-12),   π = logits sorted in decreasing order.
 - "ce-targeted": −CE(z, t), pushes toward target class t.
-- "dlr-targeted": targeted DLR (Croce & Hein 2020, Eq. 7):
+- "dlr-targeted": targeted DLR (Croce & Hein 2020):
     −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 1e-12).
 The targeted DLR needs at least 4 classes and DLR at least 3, as in the reference.
 """
@@ -64,13 +64,13 @@ def ce_targeted(logits, y, y_target):
 
 
 def dlr(logits, y):
-  """Untargeted DLR loss (Croce & Hein 2020, Eq. 6) -> f32[B]. Needs K ≥ 3."""
+  """Untargeted DLR loss (Croce & Hein 2020) -> f32[B]. Needs K ≥ 3."""
   top = jax.lax.top_k(logits, 3)[0]
   return -margin(logits, y) / (top[:, 0] - top[:, 2] + _DLR_EPS)
 
 
 def dlr_targeted(logits, y, y_target):
-  """Targeted DLR loss (Croce & Hein 2020, Eq. 7) -> f32[B]. Needs K ≥ 4."""
+  """Targeted DLR loss (Croce & Hein 2020) -> f32[B]. Needs K ≥ 4."""
   top = jax.lax.top_k(logits, 4)[0]
   numerator = true_logit(logits, y) - true_logit(logits, y_target)
   return -numerator / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + _DLR_EPS)
@@ -98,28 +98,6 @@ def get_loss(name: str, num_classes: Optional[int] = None):
   return loss
 
 
-def value_and_grad(logits_fn: Callable, loss: Callable):
-  """Builds f(x, y, y_target) -> (loss f32[B], logits f32[B, K], ∂loss/∂x f32[B, ...]).
-
-  Examples are independent (models run in eval mode), so the gradient of the summed loss is the
-  stack of per-example gradients: one backward pass for the whole batch.
-  """
-
-  def objective(x, y, y_target):
-    logits = logits_fn(x)
-    values = loss(logits, y, y_target)
-    return jnp.sum(values), (values, logits)
-
-  grad_fn = jax.grad(objective, has_aux=True)
-
-  def f(x, y, y_target=None):
-    target = y if y_target is None else y_target
-    grad, (values, logits) = grad_fn(x, y, target)
-    return values, logits, grad
-
-  return f
-
-
 def takes_key(logits_fn: Callable) -> bool:
   """True if `logits_fn` is a randomised model called as logits_fn(x, key=...) (e.g. a defence for EOT)."""
   try:
@@ -136,11 +114,13 @@ def with_key(logits_fn: Callable) -> Callable:
 
 
 def eot_value_and_grad(logits_fn: Callable, loss: Callable, eot_iter: int = 1):
-  """Expectation over Transformation (Athalye et al. 2018) version of `value_and_grad`.
+  """Builds f(x, y, y_target, key) -> (loss f32[B], logits f32[B, K], ∂loss/∂x f32[B, ...]).
 
-  Builds f(x, y, y_target, key) -> (loss f32[B], logits f32[B, K], mean gradient f32[B, ...]): the gradient
-  is averaged over `eot_iter` draws of a randomised model (logits_fn(x, key=k)); loss and logits come from
-  the last draw, as in AutoAttack's "rand" version. For a deterministic model use eot_iter=1.
+  Examples are independent (models run in eval mode), so the gradient of the summed loss is the stack of
+  per-example gradients: one backward pass for the whole batch. For randomised models (logits_fn(x, key=k))
+  the gradient is averaged over `eot_iter` draws — Expectation over Transformation (Athalye et al. 2018) —
+  and loss and logits come from the last draw, as in AutoAttack's "rand" version. Deterministic models
+  ignore `key`; use eot_iter=1 for them.
   """
   logits_fn_k = with_key(logits_fn)
 

@@ -10,8 +10,8 @@ and return a point that lies in the ℓp ball of radius `eps` around x AND in th
 - ℓ2: rescale into the ball, then clip to the box. Clipping only shrinks |δ_i|, so the result stays in the
   ball; it is the projection AutoAttack's APGD-ℓ2 uses (not the exact projection onto the intersection,
   which differs only when both constraints are active).
-- ℓ1: exact Euclidean projection onto {‖δ‖₁ ≤ eps} ∩ {0 ≤ x + δ ≤ 1} (Croce & Hein 2021, "Mind the box",
-  Sec. 3), solved by sorting the breakpoints of the piecewise-linear dual function.
+- ℓ1: exact Euclidean projection onto {‖δ‖₁ ≤ eps} ∩ {0 ≤ x + δ ≤ 1} (Croce & Hein 2021, "Mind the
+  box"), solved by sorting the breakpoints of the piecewise-linear dual function.
 """
 import jax
 import jax.numpy as jnp
@@ -96,7 +96,7 @@ def _l1_box_threshold(a, u, eps):
 
 
 def project_l1(x_adv, x, eps):
-  """Exact Euclidean projection onto {‖x_adv − x‖₁ ≤ eps} ∩ [0, 1]^d (Croce & Hein 2021, Eq. 5).
+  """Exact Euclidean projection onto {‖x_adv − x‖₁ ≤ eps} ∩ [0, 1]^d (Croce & Hein 2021).
 
   The KKT conditions give δ_i = sign(v_i) · clip(|v_i| − λ, 0, u_i) with v = x_adv − x and u_i the room
   to the box face v_i points at (1 − x_i or x_i); λ is found by `_l1_box_threshold`.

@@ -85,6 +85,9 @@ def test_standard_sequence_follows_the_reference():
   names_l1 = [s.name for s in build_stages(logits_fn, eps=5.0, norm="l1", version="standard",
                                                           num_classes=10)]
   assert names_l1 == [f"apgd-ce[{r}]" for r in range(5)] + [f"apgd-t[{r}]" for r in range(2, 7)]
+  names_plus = [s.name for s in build_stages(logits_fn, eps=0.1, norm="linf", version="plus", num_classes=10)]
+  assert names_plus == ([f"apgd-ce[{r}]" for r in range(5)] + [f"apgd-dlr[{r}]" for r in range(5)] + ["fab", "square"]
+                        + [f"apgd-t[{r}]" for r in range(2, 11)] + ["fab-t"])
   names_rand = [s.name for s in build_stages(logits_fn, eps=0.1, norm="l2", version="rand",
                                                             num_classes=10)]
   assert names_rand == ["apgd-ce", "apgd-dlr"]

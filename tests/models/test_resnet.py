@@ -128,3 +128,15 @@ def test_batch_norm_uses_global_batch_statistics_when_sharded(random_variables):
   chex.assert_trees_all_close(actual, expected, rtol=1e-4, atol=1e-4)
   mean = flax.traverse_util.flatten_dict(actual[1]["batch_stats"])[("bn1", "mean")]
   assert np.abs(mean).max() > 1e-3  # statistics were actually updated
+
+
+def test_small_cnn_max_pool_equals_flax_max_pool():
+  """The slice-based pool in SmallCNN must equal nn.max_pool, odd sizes included (and its gradient too)."""
+  import flax.linen as nn
+  import jax
+  import numpy as np
+  from csl_jax.models.small_cnn import max_pool_2x2
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, 6, 4))
+  np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+  grad = lambda f: jax.grad(lambda v: jax.numpy.sum(f(v) ** 2))(x)
+  np.testing.assert_allclose(grad(max_pool_2x2), grad(lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))), rtol=1e-6)
