@@ -1,7 +1,7 @@
 """Batched, sharded, padded application of a model function over a whole array of images.
 
-Every evaluator (linear probe, kNN, geometry, attacks' clean accuracy) goes through `apply_in_batches`,
-so they all share one jitted function per model and never recompile for the last, smaller batch.
+Every encoder evaluator (linear probe, kNN, geometry) goes through `apply_in_batches`, which reuses the
+attack suite's uint8 conversion and batch padding, so the last, smaller batch never recompiles.
 """
 import math
 import time
@@ -10,18 +10,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from csl_jax.attacks.evaluate import as_unit_float, padded_batch_size
 from csl_jax.train import sharding as sharding_lib
-
-
-def images_to_float(images) -> np.ndarray:
-  """u8[N, H, W, C] -> f32 in [0, 1]; float input is checked to be in [0, 1]."""
-  images = np.asarray(images)
-  if images.dtype == np.uint8:
-    return images.astype(np.float32) / 255.0
-  if images.size and (images.min() < 0 or images.max() > 1):
-    raise ValueError(f"Float images must lie in [0, 1]; got range [{images.min()}, {images.max()}]. "
-                     "Pass uint8 images or divide by 255.")
-  return images.astype(np.float32)
 
 
 def apply_in_batches(fn, images, *, batch_size: int, mesh=None, desc: str = "") -> np.ndarray:
@@ -31,12 +21,12 @@ def apply_in_batches(fn, images, *, batch_size: int, mesh=None, desc: str = "") 
   """
   mesh = mesh or sharding_lib.make_mesh()
   n = len(images)
-  batch_size = int(math.ceil(min(batch_size, max(n, 1)) / mesh.size) * mesh.size)
+  batch_size = padded_batch_size(min(batch_size, max(n, 1)), mesh)
   in_sharding = sharding_lib.data_sharding(mesh)
   outputs, start_time = [], time.time()
   num_batches = int(math.ceil(n / batch_size))
   for index, start in enumerate(range(0, n, batch_size)):
-    chunk = images_to_float(images[start:start + batch_size])
+    chunk = as_unit_float(images[start:start + batch_size])
     valid = len(chunk)
     if valid < batch_size:
       chunk = np.concatenate([chunk, np.zeros((batch_size - valid,) + chunk.shape[1:], chunk.dtype)])
