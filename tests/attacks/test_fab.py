@@ -169,3 +169,42 @@ def test_fab_rejects_bad_inputs(bad, match):
   args.update(bad)
   with pytest.raises(ValueError, match=match):
     fab(linear_logits, args.pop("x"), args.pop("y"), **args)
+
+
+def _numpy_multiplier(slope, cap, excess):
+  """float64 sort-based root of Σ_i min(λ·slope_i, cap_i) = excess (an independent slow reference)."""
+  lam = np.full(len(excess), np.inf)
+  for r in range(len(excess)):
+    s, c = slope[r][slope[r] > 0], cap[r][slope[r] > 0]
+    if c.sum() < excess[r]:
+      continue
+    knots = np.sort(c / s)
+    for lo, hi in zip(np.r_[0.0, knots], knots):
+      g_lo = np.minimum(lo * s, c).sum()
+      free = s[c / s > lo].sum()
+      if g_lo + (hi - lo) * free >= excess[r]:
+        lam[r] = lo + (excess[r] - g_lo) / free
+        break
+  return lam
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_projection_multiplier_matches_sorting_reference_on_image_sized_rows(norm):
+  """The sort-free bisection root against a float64 sort-and-scan, on 3072-dim rows whose weights span
+  six orders of magnitude (as input gradients do), with some planes out of reach."""
+  from csl_jax.attacks.fab import _multiplier  # noqa: PLC0415
+  rng = np.random.default_rng(4)
+  rows, dim = 12, 3072
+  magnitude = np.abs(rng.normal(size=(rows, dim))) * 10.0 ** rng.uniform(-6, 0, (rows, dim))
+  magnitude[:, :100] = 0.0
+  room = rng.uniform(0, 1, (rows, dim))
+  slope = magnitude if norm == "linf" else magnitude ** 2
+  cap = magnitude * room
+  excess = cap.sum(1) * np.linspace(0.0, 1.2, rows)
+  expected = _numpy_multiplier(slope, cap, excess)
+  got = np.asarray(_multiplier(*(jnp.asarray(a, jnp.float32) for a in (slope, cap, excess))), np.float64)
+  assert np.array_equal(np.isinf(got), np.isinf(expected)) and np.sum(np.isinf(expected)) >= 2
+  finite = np.isfinite(expected)
+  np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-4, atol=1e-9)
+  achieved = np.minimum(got[finite, None] * slope[finite], cap[finite]).sum(1)
+  np.testing.assert_allclose(achieved, excess[finite], rtol=1e-4, atol=1e-9)
