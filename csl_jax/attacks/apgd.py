@@ -133,7 +133,7 @@ def single_run(value_and_grad, x, y, y_target, key, eps, x_init=None, *, norm, n
     n["counter"] = jnp.where(check, 0, n["counter"])
     return n
 
-  s = jax.lax.fori_loop(0, n_iter, body, state, unroll=objectives.cpu_unroll(n_iter))
+  s = jax.lax.fori_loop(0, n_iter, body, state)
   return s["x_best"], s["fooled"], s["loss_best"], s["x_best_adv"]
 
 
@@ -185,7 +185,7 @@ def apgd_attack(logits_fn, x, y, key, eps, first_target_rank=2, *, norm, loss, n
 
   fooled = ~objectives.is_correct(clean_logits, y)
   attempts = n_restarts * max(n_targets, 1)
-  if attempts == 1:  # no loop: a one-trip while loop would still cost the XLA:CPU slow path
+  if attempts == 1:
     return attempt(0, (x, fooled))
   return jax.lax.fori_loop(0, attempts, attempt, (x, fooled))
 

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from csl_jax.attacks import objectives
+from csl_jax.attacks.conv_layout import canonical_conv_kernels
 from csl_jax.attacks import projections
 from csl_jax.attacks.validation import check_attack_inputs
 
@@ -114,12 +115,15 @@ def _boundary_linearization(logits_fn, shape, x1, y, target, targeted):
       diff = objectives.true_logit(logits, target) - objectives.true_logit(logits, y)
       return jnp.sum(diff), (diff, logits)
 
-    grad, (diff, logits) = jax.grad(difference, has_aux=True)(x1)
+    grad, (diff, logits) = canonical_conv_kernels(jax.grad(difference, has_aux=True))(x1)
     return diff[:, None], grad[:, None, :], logits
-  logits, vjp = jax.vjp(forward, x1)
+  def jacobian_and_logits(flat):
+    logits, vjp = jax.vjp(forward, flat)
+    basis = jnp.broadcast_to(jnp.eye(logits.shape[1], dtype=logits.dtype)[:, None, :], (logits.shape[1],) + logits.shape)
+    return jnp.moveaxis(jax.vmap(lambda cotangent: vjp(cotangent)[0])(basis), 0, 1), logits  # [B, K, D]
+
+  jacobian, logits = canonical_conv_kernels(jacobian_and_logits)(x1)
   num_classes = logits.shape[1]
-  basis = jnp.broadcast_to(jnp.eye(num_classes, dtype=logits.dtype)[:, None, :], (num_classes,) + logits.shape)
-  jacobian = jnp.moveaxis(jax.vmap(lambda cotangent: vjp(cotangent)[0])(basis), 0, 1)  # [B, K, D]
   own = jax.nn.one_hot(y, num_classes, dtype=bool)
   df = jnp.where(own, jnp.inf, logits - objectives.true_logit(logits, y)[:, None])
   dg = jacobian - jnp.take_along_axis(jacobian, y[:, None, None], axis=1)

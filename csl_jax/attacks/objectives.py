@@ -15,20 +15,10 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-# XLA:CPU runs convolution input-gradients inside a while loop 2–3× slower than the same ops in
-# straight-line code (measured with PGD-10 on small_cnn and resnet18_cifar, jax 0.10.2: there the
-# transposed kernel keeps a non-canonical layout). Gradient loops up to this many steps are therefore
-# unrolled on CPU — still one jitted program without host round-trips. GPU/TPU keep rolled loops.
-CPU_UNROLL_MAX_STEPS = 20
+from csl_jax.attacks.conv_layout import canonical_conv_kernels
 
 # Keeps the DLR denominator positive when the top logits tie (same constant as the reference).
 _DLR_EPS = 1e-12
-
-
-def cpu_unroll(steps: int):
-  """`unroll` for a `lax.fori_loop` of `steps` gradient steps: True (fully unrolled) on CPU up to
-  CPU_UNROLL_MAX_STEPS, else 1 (rolled)."""
-  return True if jax.default_backend() == "cpu" and steps <= CPU_UNROLL_MAX_STEPS else 1
 
 
 def true_logit(logits, y):
@@ -129,7 +119,8 @@ def eot_value_and_grad(logits_fn: Callable, loss: Callable, eot_iter: int = 1):
     values = loss(logits, y, y_target)
     return jnp.sum(values), (values, logits)
 
-  grad_fn = jax.grad(objective, has_aux=True)
+  # On CPU, convolution kernels of the backward pass are kept in the fast layout (see conv_layout).
+  grad_fn = canonical_conv_kernels(jax.grad(objective, has_aux=True))
 
   def f(x, y, y_target, key):
     if eot_iter == 1:

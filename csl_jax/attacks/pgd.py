@@ -64,7 +64,7 @@ def _pgd(logits_fn, x, y, key, eps, step_size, *, norm, steps, random_start, los
     return x_adv, x_fooled, fooled | wrong
 
   fooled = jnp.zeros(y.shape, bool)
-  x_adv, x_fooled, fooled = jax.lax.fori_loop(0, steps, step, (x_adv, x, fooled), unroll=objectives.cpu_unroll(steps))
+  x_adv, x_fooled, fooled = jax.lax.fori_loop(0, steps, step, (x_adv, x, fooled))
   final_correct = objectives.is_correct(objectives.with_key(logits_fn)(x_adv, step_key), y)
   return jnp.where(projections.per_example(final_correct & fooled, x), x_fooled, x_adv)
 
