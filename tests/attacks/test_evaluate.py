@@ -100,9 +100,15 @@ def test_robust_points_are_compacted_into_fixed_batches():
 
 
 def test_bucket_sizes_follow_the_robust_set():
-  assert bucket_size(300, 512) == 512
+  assert bucket_size(600, 512) == 512
+  assert bucket_size(300, 512) == 320
   assert bucket_size(256, 512) == 256
-  assert bucket_size(257, 512) == 512
+  assert bucket_size(257, 512) == 320
+  assert bucket_size(20, 512) == 24
+  sizes = [bucket_size(n, 512) for n in range(1, 513)]
+  assert all(n <= size < n + max(8, n / 4) for n, size in zip(range(1, 513), sizes))  # little padding
+  for low in (16, 32, 64, 128, 256):  # few shapes (compilations) per octave of the robust-set size
+    assert len({s for n, s in zip(range(1, 513), sizes) if low < n <= 2 * low}) <= 4
   assert bucket_size(3, 512) == 8  # never below 8 rows: few distinct shapes
   assert bucket_size(3, 6) == 6  # a batch smaller than the floor stays as it is
   assert bucket_size(1, 64, Mesh(np.array(jax.devices()), ("data",))) == 8  # at least one row per device
