@@ -16,6 +16,7 @@ Run (2-core CPU, < 10 min):
   python benchmarks/attacks_vs_reference.py --images 512 --train_seconds 60 --repeats 3 --resnet_images 16 \
       --aa_images 128
 Needs torch, torchattacks and autoattack (pip install --no-deps git+https://github.com/fra31/auto-attack).
+On a GPU machine: jax[cuda] and a CUDA torch, then add --torch_device cuda.
 """
 import argparse
 import io
@@ -84,6 +85,26 @@ def accuracy_jax(logits_fn, x, y):
   return float(np.mean(np.argmax(np.asarray(logits_fn(x)), 1) == y))
 
 
+# Where the PyTorch side runs ("cpu" or e.g. "cuda"; set from --torch_device in main).
+TORCH_DEVICE = "cpu"
+
+
+def to_torch(torch, x, y):
+  """NHWC float images and labels -> NCHW tensor and long tensor on TORCH_DEVICE."""
+  return (torch.tensor(x).permute(0, 3, 1, 2).contiguous().to(TORCH_DEVICE),
+          torch.tensor(y).long().to(TORCH_DEVICE))
+
+
+def torch_synced(torch, fn):
+  """fn followed by a device synchronisation, so GPU timings include the work."""
+  def run():
+    out = fn()
+    if TORCH_DEVICE != "cpu":
+      torch.cuda.synchronize()
+    return out
+  return run
+
+
 def accuracy_torch(torch, model, x_nchw, y):
   with torch.no_grad():
     return float((model(x_nchw).argmax(1) == y).float().mean())
@@ -103,7 +124,7 @@ def interleaved(fns, repeats):
 
 def pgd_comparison(torch, torchattacks, logits_fn, torch_model, x, y, repeats, label):
   """Throughput and robust accuracy of 10-step PGD-ℓ∞, csl_jax vs torchattacks."""
-  x_t, y_t = torch.tensor(x).permute(0, 3, 1, 2).contiguous(), torch.tensor(y).long()
+  x_t, y_t = to_torch(torch, x, y)
 
   def ours():
     return jax.block_until_ready(attacks.pgd(logits_fn, x, y, eps=EPS, norm="linf", steps=PGD_STEPS,
@@ -114,7 +135,8 @@ def pgd_comparison(torch, torchattacks, logits_fn, torch_model, x, y, repeats, l
   ours()  # compiles
   first_call_s = time.perf_counter() - start
   reference(x_t[:8], y_t[:8])  # warm-up
-  (ours_s, ref_s), (x_adv, x_adv_ref) = interleaved([ours, lambda: reference(x_t, y_t)], repeats)
+  (ours_s, ref_s), (x_adv, x_adv_ref) = interleaved([ours, torch_synced(torch, lambda: reference(x_t, y_t))],
+                                                     repeats)
   row = {"model": label, "images": len(x), "ours_img_s": len(x) / ours_s, "ref_img_s": len(x) / ref_s,
          "ours_compile_s": first_call_s - ours_s, "ours_robust": accuracy_jax(logits_fn, x_adv, y),
          "ref_robust": accuracy_torch(torch, torch_model, x_adv_ref, y_t)}
@@ -129,10 +151,11 @@ def autoattack_comparison(torch, logits_fn, torch_model, x, y, batch_size, eps):
   result = attacks.run_autoattack(logits_fn, x, y, eps=eps, norm="linf", version="standard",
                                   key=jax.random.PRNGKey(0), batch_size=batch_size, progress=False)
   ours_s = time.perf_counter() - start
-  x_t, y_t = torch.tensor(x).permute(0, 3, 1, 2).contiguous(), torch.tensor(y).long()
-  reference = AutoAttack(torch_model, norm="Linf", eps=eps, version="standard", device="cpu", seed=0, verbose=False)
+  x_t, y_t = to_torch(torch, x, y)
+  reference = AutoAttack(torch_model, norm="Linf", eps=eps, version="standard", device=TORCH_DEVICE, seed=0,
+                         verbose=False)
   start = time.perf_counter()
-  x_adv_ref = reference.run_standard_evaluation(x_t, y_t, bs=batch_size)
+  x_adv_ref = torch_synced(torch, lambda: reference.run_standard_evaluation(x_t, y_t, bs=batch_size))()
   ref_s = time.perf_counter() - start
   row = {"ours_s": ours_s, "ref_s": ref_s, "ours_robust": float(np.mean(result.robust)),
          "ref_robust": accuracy_torch(torch, torch_model, x_adv_ref, y_t), "ours_stages": result.robust_accuracy,
@@ -154,23 +177,27 @@ def main():
                       help="AutoAttack runs on the first N test images (the reference needs ~1 s/image here)")
   parser.add_argument("--aa_eps", default="2/255", help="AutoAttack ℓ∞ radius (paper Table 4 uses 1/255 and 2/255)")
   parser.add_argument("--skip_autoattack", action="store_true")
+  parser.add_argument("--torch_device", default="cpu", help="PyTorch side: cpu or cuda (jax uses its default backend)")
   args = parser.parse_args()
+  global TORCH_DEVICE
+  TORCH_DEVICE = args.torch_device
   run_start = time.perf_counter()
 
   import torch  # noqa: PLC0415
   import torchattacks  # noqa: PLC0415
   torch.set_num_threads(os.cpu_count() or 1)  # XLA's CPU backend also uses every core
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} on {TORCH_DEVICE} "
         f"({torch.get_num_threads()} threads)")
 
   x_test_u8, y_test = load_cifar(args.zip, "test", args.images, seed=0)
   x_train_u8, y_train = load_cifar(args.zip, "train", args.train_images, seed=1)
   model, variables, _ = train_small_cnn(x_train_u8, y_train, args.train_seconds)
   logits_fn = jax.jit(lambda v: model.apply(variables, v, train=False))
-  torch_model = to_torch_classifier("small_cnn", variables, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD)
+  torch_model = to_torch_classifier("small_cnn", variables, num_classes=10, mean=CIFAR_MEAN,
+                                    std=CIFAR_STD).to(TORCH_DEVICE)
   x_test = x_test_u8.astype(np.float32) / 255.0
   with torch.no_grad():
-    twin = torch_model(torch.tensor(x_test[:64]).permute(0, 3, 1, 2)).numpy()
+    twin = torch_model(to_torch(torch, x_test[:64], y_test[:64])[0]).cpu().numpy()
   gap = float(np.abs(twin - np.asarray(logits_fn(x_test[:64]))).max())
   print(f"twin max |logit diff| = {gap:.2e}; clean accuracy {accuracy_jax(logits_fn, x_test, y_test):.4f}")
 
@@ -180,7 +207,7 @@ def main():
     resnet_vars = resnet.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
     resnet_fn = jax.jit(lambda v: resnet.apply(resnet_vars, v, train=False))
     resnet_torch = to_torch_classifier("resnet18_cifar", resnet_vars, num_classes=10, mean=CIFAR_MEAN,
-                                       std=CIFAR_STD)
+                                       std=CIFAR_STD).to(TORCH_DEVICE)
     n = args.resnet_images
     rows.append(pgd_comparison(torch, torchattacks, resnet_fn, resnet_torch, x_test[:n], y_test[:n], args.repeats,
                                "resnet18_cifar (random init)"))

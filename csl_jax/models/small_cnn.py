@@ -6,15 +6,18 @@ import jax.numpy as jnp
 
 
 def max_pool_2x2(x):
-  """2x2/2 max-pool (VALID, odd edges dropped) as a max of four strided slices.
+  """2x2/2 max-pool (VALID, odd edges dropped) as an element-wise max of the four window corners.
 
   Same values as `nn.max_pool(x, (2, 2), strides=(2, 2))`, but its gradient is an element-wise
-  select instead of XLA's select-and-scatter, which on CPU made every attack's input-gradient
-  pass ~5x slower (attacks call it hundreds of times per image).
+  select instead of XLA's select-and-scatter, which on CPU made every attack's input-gradient pass
+  ~5x slower (attacks call it hundreds of times per image). The corners are taken after a free
+  reshape to [B, H/2, 2, W/2, 2, C] rather than as stride-2 slices: same values and gradient, and
+  XLA:CPU fuses the backward pass faster (pool + ReLU at batch 96, 32x32x32: 5.35 → 3.72 ms; the
+  whole SmallCNN input gradient ~3% at batch 96–256).
   """
-  h, w = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
-  x = x[:, :h, :w]
-  return jnp.maximum(jnp.maximum(x[:, 0::2, 0::2], x[:, 1::2, 0::2]), jnp.maximum(x[:, 0::2, 1::2], x[:, 1::2, 1::2]))
+  b, h, w, c = x.shape
+  x = jnp.reshape(x[:, :h // 2 * 2, :w // 2 * 2], (b, h // 2, 2, w // 2, 2, c))
+  return jnp.maximum(jnp.maximum(x[:, :, 0, :, 0], x[:, :, 1, :, 0]), jnp.maximum(x[:, :, 0, :, 1], x[:, :, 1, :, 1]))
 
 
 class SmallCNN(nn.Module):
