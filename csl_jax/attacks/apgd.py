@@ -17,13 +17,17 @@ sparsity of the best point / 1.5), η₀ = eps, every max(0.04·N_iter, 1) steps
 Targeted APGD (APGD-T) maximises the targeted DLR loss toward the 2nd, 3rd, … most likely classes of
 the clean input, one target after the other, only on points not yet fooled. Restarts likewise attack
 only points not yet fooled. Inside one `jax.jit` this "only" is a mask (fixed shapes, no recompilation);
-`autoattack` additionally compacts still-robust points between targets and restarts.
+`autoattack` additionally compacts still-robust points between targets and restarts, and within a run
+(`apgd_early_exit`: the run advances in jitted chunks and drops fooled rows between them).
 """
 import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from csl_jax.attacks import objectives
 from csl_jax.attacks import projections
@@ -50,17 +54,13 @@ def random_start(key, x, eps, norm):
   return projections.project_l1(x + jax.random.normal(key, x.shape, x.dtype), x, eps)
 
 
-def single_run(value_and_grad, x, y, y_target, key, eps, x_init=None, *, norm, n_iter, rho=0.75):
-  """One APGD run of `n_iter` iterations (reference `attack_single_run`).
+# State entries shared by the whole batch (everything else in an APGD state has one row per example).
+SHARED_STATE = ("counter", "k", "loop_key")
 
-  Args:
-    value_and_grad: f(x, y, y_target, key) -> (loss f32[B], logits f32[B, K], grad f32[B, ...]).
-    x: f32[B, ...] clean images; y: int32[B] true labels; y_target: int32[B] targets (= y if untargeted).
-    key: PRNG key; eps: radius; x_init: optional starting point (skips the random start).
-  Returns:
-    (x_best: highest-loss point, fooled: bool[B] some iterate was misclassified, loss_best: f32[B],
-     x_best_adv: the last misclassified iterate, or the start where none was).
-  """
+
+def init_state(value_and_grad, x, y, y_target, key, eps, x_init=None, *, norm, n_iter):
+  """State of one APGD run before its first iteration: the start point, its loss and gradient, the
+  step-size schedule's counters and the clean inputs (see `iterate`)."""
   dim = x[0].size
   start_key, loop_key = jax.random.split(key)
   x_adv = random_start(start_key, x, eps, norm) if x_init is None else jnp.clip(x_init, 0.0, 1.0)
@@ -75,14 +75,26 @@ def single_run(value_and_grad, x, y, y_target, key, eps, x_init=None, *, norm, n
   else:
     first_check = max(int(0.22 * n_iter), 1)
     topk = sp_old = jnp.zeros((batch,))
-  n_iter_min, size_decr = max(int(0.06 * n_iter), 1), max(int(0.03 * n_iter), 1)
-  state = dict(
+  return dict(
+      x=x, y=y, y_target=y_target, loop_key=loop_key,
       x_adv=x_adv, x_prev=x_adv, grad=grad, x_best=x_adv, grad_best=grad, loss_best=loss,
       x_best_adv=x_adv, fooled=~objectives.is_correct(logits, y),
       step=jnp.full((batch,), eta0, x.dtype), counter=jnp.int32(0), k=jnp.int32(first_check),
       # The reference compares the first loss of the first window with an unwritten (zero) slot.
       loss_prev=jnp.full((batch,), jnp.inf if n_iter == 1 else 0.0), n_increase=jnp.zeros((batch,)),
       loss_best_last=loss, reduced_last=jnp.ones((batch,), bool), topk=topk, sp_old=sp_old)
+
+
+def iterate(value_and_grad, state, start, stop, eps, *, norm, n_iter, rho=0.75):
+  """Runs iterations start … stop − 1 of an APGD run of `n_iter` iterations on `state`.
+
+  Rows are independent (per-example step sizes; the checkpoint counters are shared because every row
+  follows the same schedule), so a state may be cut to a subset of its rows between calls.
+  """
+  x, y, y_target = state["x"], state["y"], state["y_target"]
+  dim = x[0].size
+  eta0 = STEP_SCALE[norm] * eps
+  n_iter_min, size_decr = max(int(0.06 * n_iter), 1), max(int(0.03 * n_iter), 1)
   ex = lambda v: projections.per_example(v, x)  # noqa: E731
 
   def body(i, s):
@@ -97,7 +109,7 @@ def single_run(value_and_grad, x, y, y_target, key, eps, x_init=None, *, norm, n
       a = jnp.where(i > 0, MOMENTUM, 1.0)
       x_new = s["x_adv"] + a * (z - s["x_adv"]) + (1.0 - a) * (s["x_adv"] - s["x_prev"])
       x_new = projections.project(x_new, x, eps, norm)
-    loss, logits, grad = value_and_grad(x_new, y, y_target, jax.random.fold_in(loop_key, i))
+    loss, logits, grad = value_and_grad(x_new, y, y_target, jax.random.fold_in(s["loop_key"], i))
     wrong = ~objectives.is_correct(logits, y)
     improved = loss > s["loss_best"]
     n = dict(s)
@@ -133,7 +145,22 @@ def single_run(value_and_grad, x, y, y_target, key, eps, x_init=None, *, norm, n
     n["counter"] = jnp.where(check, 0, n["counter"])
     return n
 
-  s = jax.lax.fori_loop(0, n_iter, body, state)
+  return jax.lax.fori_loop(start, stop, body, state)
+
+
+def single_run(value_and_grad, x, y, y_target, key, eps, x_init=None, *, norm, n_iter, rho=0.75):
+  """One APGD run of `n_iter` iterations (reference `attack_single_run`).
+
+  Args:
+    value_and_grad: f(x, y, y_target, key) -> (loss f32[B], logits f32[B, K], grad f32[B, ...]).
+    x: f32[B, ...] clean images; y: int32[B] true labels; y_target: int32[B] targets (= y if untargeted).
+    key: PRNG key; eps: radius; x_init: optional starting point (skips the random start).
+  Returns:
+    (x_best: highest-loss point, fooled: bool[B] some iterate was misclassified, loss_best: f32[B],
+     x_best_adv: the last misclassified iterate, or the start where none was).
+  """
+  state = init_state(value_and_grad, x, y, y_target, key, eps, x_init, norm=norm, n_iter=n_iter)
+  s = iterate(value_and_grad, state, 0, n_iter, eps, norm=norm, n_iter=n_iter, rho=rho)
   return s["x_best"], s["fooled"], s["loss_best"], s["x_best_adv"]
 
 
@@ -188,6 +215,98 @@ def apgd_attack(logits_fn, x, y, key, eps, first_target_rank=2, *, norm, loss, n
   if attempts == 1:
     return attempt(0, (x, fooled))
   return jax.lax.fori_loop(0, attempts, attempt, (x, fooled))
+
+
+def _target(clean_logits, y, target_rank, targeted):
+  """y_target for a run: the class of clean-logit rank `target_rank` (1 = top) if targeted, else y."""
+  if not targeted:
+    return y
+  ranking = jnp.argsort(clean_logits, axis=1)
+  return jnp.take(ranking, clean_logits.shape[1] - target_rank, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "norm", "loss", "n_iter", "targeted"))
+def _start_run(logits_fn, x, y, key, eps, target_rank, *, norm, loss, n_iter, targeted):
+  """State of the single run `apgd_attack` makes for (n_restarts=1, n_targets ≤ 1) — same keys — and the
+  mask of clean-misclassified points."""
+  clean_key, key = jax.random.split(key)
+  clean_logits = objectives.with_key(logits_fn)(x, clean_key)
+  value_and_grad = objectives.eot_value_and_grad(logits_fn, objectives.get_loss(loss, clean_logits.shape[1]))
+  y_target = _target(clean_logits, y, target_rank, targeted)
+  state = init_state(value_and_grad, x, y, y_target, jax.random.fold_in(key, 0), eps, norm=norm, n_iter=n_iter)
+  return state, ~objectives.is_correct(clean_logits, y)
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "norm", "loss", "n_iter", "rho"))
+def _continue_run(logits_fn, state, start, stop, eps, *, norm, loss, n_iter, rho):
+  value_and_grad = objectives.eot_value_and_grad(logits_fn, objectives.get_loss(loss))
+  return iterate(value_and_grad, state, start, stop, eps, norm=norm, n_iter=n_iter, rho=rho)
+
+
+def _take_rows(state, rows, sharding):
+  """The state restricted to `rows` (host gather), placed like the attack's input batch."""
+  def take(name, value):
+    if name in SHARED_STATE:
+      return value
+    picked = np.asarray(value)[rows]
+    return jnp.asarray(picked) if sharding is None else jax.device_put(picked, sharding)
+  return {name: take(name, value) for name, value in state.items()}
+
+
+def apgd_early_exit(logits_fn, x, y, key, eps, target_rank=2, *, norm, loss, targeted, n_iter=100, rho=0.75,
+                    chunk=10, batch_rows=None, log=None):
+  """One APGD run (one restart, at most one target) that stops working on points once they are fooled.
+
+  The run advances `chunk` iterations per jitted call; after each call the rows already fooled are
+  set aside and, once the still-robust rows fit in `batch_rows(n)` ≤ half the current rows, the state
+  is cut down to them (padded by repeating rows). Rows are independent, so every point follows
+  exactly the trajectory of the full run until it is fooled, and the set of fooled points equals
+  `apgd_attack`'s for the same key — AutoAttack only needs that set — while a non-robust model costs
+  a few iterations per point instead of n_iter. x_adv of a fooled point is its last misclassified
+  iterate before it was set aside.
+
+  Args mirror `apgd_attack` (n_restarts = 1); batch_rows(n) -> padded row count for n points (default:
+  n rounded up to a multiple of 8); log: optional list that receives (iteration, rows) per call.
+  Returns:
+    (x_adv f32[B, ...] placed like x, fooled bool[B] numpy).
+  """
+  batch_rows = batch_rows or (lambda n: max(8, -(-n // 8) * 8))
+  sharding = x.sharding if isinstance(getattr(x, "sharding", None), NamedSharding) else None
+  sharding = None if sharding is None else NamedSharding(sharding.mesh, P(*sharding.spec[:1]))
+  options = dict(norm=norm, loss=loss, n_iter=int(n_iter))
+  state, wrong_clean = _start_run(logits_fn, x, y, key, eps, target_rank, targeted=bool(targeted), **options)
+  wrong_clean = np.asarray(wrong_clean)
+  x_adv = np.array(x, np.float32)
+  fooled = np.zeros(x_adv.shape[0], bool)
+  origin = np.arange(x_adv.shape[0])  # state row -> example
+
+  def set_aside(rows):
+    fooled[origin[rows]] = True
+    x_adv[origin[rows]] = np.asarray(state["x_best_adv"])[rows]
+
+  for start in range(0, int(n_iter), int(chunk)):
+    stop = min(start + int(chunk), int(n_iter))
+    state = _continue_run(logits_fn, state, start, stop, eps, rho=float(rho), **options)
+    if log is not None:
+      log.append((stop, len(origin)))
+    row_fooled = np.array(state["fooled"])
+    if stop == n_iter:
+      break
+    _, first = np.unique(origin, return_index=True)  # one row per example (padding repeats rows)
+    still = first[~row_fooled[first]]
+    if still.size == 0:
+      row_fooled[:] = True
+      break
+    rows = batch_rows(still.size)
+    if rows <= len(origin) // 2:
+      set_aside(np.flatnonzero(row_fooled))
+      keep = np.resize(still, rows)
+      state, origin = _take_rows(state, keep, sharding), origin[keep]
+  set_aside(np.flatnonzero(row_fooled))
+  fooled &= ~wrong_clean  # as apgd_attack: points misclassified from the start stay x
+  x_adv[wrong_clean] = np.asarray(x)[wrong_clean]
+  x_adv = jnp.asarray(x_adv) if sharding is None else jax.device_put(x_adv, sharding)
+  return x_adv, fooled
 
 
 def apgd(logits_fn, x, y, *, eps, norm="linf", loss="ce", targeted=False, n_iter=100, n_restarts=1, key=None,

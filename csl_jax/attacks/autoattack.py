@@ -13,8 +13,10 @@ Versions, as in the reference fra31/auto-attack (`AutoAttack.set_version`):
 Each attack runs only on points that are still robust after the previous ones: between stages (and
 between APGD-T targets and APGD restarts) the still-robust points are gathered and re-batched into
 padded batches of a few fixed sizes (`bucket_size`: at most ~25% padding, at most four sizes per octave),
-so the work shrinks with the robust set while each attack compiles only for the few sizes it meets. A
-point counts as robust only if every stage fails on it.
+so the work shrinks with the robust set while each attack compiles only for the few sizes it meets.
+Within an APGD stage the same happens every 10 iterations (`apgd.apgd_early_exit`): points fooled
+so far are set aside, so a non-robust point costs the few iterations it takes to fool it, not 100.
+A point counts as robust only if every stage fails on it.
 """
 import dataclasses
 import functools
@@ -28,6 +30,7 @@ import numpy as np
 from csl_jax.attacks import evaluate
 from csl_jax.attacks import objectives
 from csl_jax.attacks.apgd import apgd_attack
+from csl_jax.attacks.apgd import apgd_early_exit
 from csl_jax.attacks.validation import check_attack_inputs
 
 VERSIONS = ("standard", "plus", "rand")
@@ -52,12 +55,25 @@ class AutoAttackResult:
 
 
 def _apgd_stage(logits_fn, *, eps, norm, loss, restart, target_rank=None, **options):
-  """Single APGD run (one restart / one target) as a stage; restart and target only change the key/target."""
+  """Single APGD run (one restart / one target) as a stage; restart and target only change the key/target.
+
+  Deterministic models use `apgd_early_exit` (same fooled set, no work on points already fooled);
+  EOT runs and the ℓ1 3·eps → 2·eps → eps schedule keep the one-call `apgd_attack`.
+  """
+  early_exit = options.get("eot_iter", 1) == 1 and not options.get("use_larger_eps", False)
 
   def attack_fn(x, y, key):
     key = jax.random.fold_in(key, restart)
+    rank = 2 if target_rank is None else target_rank
+    if early_exit:
+      mesh = getattr(getattr(x, "sharding", None), "mesh", None)
+      mesh = mesh if mesh is not None and "data" in getattr(mesh, "shape", {}) else None
+      x_adv, _ = apgd_early_exit(logits_fn, x, y, key, eps, rank, norm=norm, loss=loss, targeted=target_rank is not None,
+                                 n_iter=100, rho=options.get("rho", 0.75),
+                                 batch_rows=lambda n: bucket_size(n, x.shape[0], mesh))
+      return x_adv
     x_adv, _ = apgd_attack(
-        logits_fn, x, y, key, eps, 2 if target_rank is None else target_rank, norm=norm, loss=loss, n_iter=100,
+        logits_fn, x, y, key, eps, rank, norm=norm, loss=loss, n_iter=100,
         n_restarts=1, n_targets=0 if target_rank is None else 1, **options)
     return x_adv
 
