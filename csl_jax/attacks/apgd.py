@@ -29,6 +29,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from csl_jax.attacks import evaluate
 from csl_jax.attacks import objectives
 from csl_jax.attacks import projections
 from csl_jax.attacks.validation import check_attack_inputs
@@ -178,6 +179,14 @@ def larger_eps_run(value_and_grad, x, y, y_target, key, eps, *, norm, n_iter, rh
   return x_init, fooled, loss, x_adv
 
 
+def _target(clean_logits, y, target_rank, targeted):
+  """y_target for a run: the class of clean-logit rank `target_rank` (1 = top) if targeted, else y."""
+  if not targeted:
+    return y
+  ranking = jnp.argsort(clean_logits, axis=1)
+  return jnp.take(ranking, clean_logits.shape[1] - target_rank, axis=1)
+
+
 @functools.partial(jax.jit, static_argnames=(
     "logits_fn", "norm", "loss", "n_iter", "n_restarts", "n_targets", "rho", "eot_iter", "use_larger_eps"))
 def apgd_attack(logits_fn, x, y, key, eps, first_target_rank=2, *, norm, loss, n_iter, n_restarts,
@@ -196,15 +205,10 @@ def apgd_attack(logits_fn, x, y, key, eps, first_target_rank=2, *, norm, loss, n
                      f"has {num_classes}. Pass n_target_classes <= {num_classes - 1}.")
   value_and_grad = objectives.eot_value_and_grad(logits_fn, objectives.get_loss(loss, num_classes), eot_iter)
   run = larger_eps_run if use_larger_eps else single_run
-  ranking = jnp.argsort(clean_logits, axis=1)
 
   def attempt(j, carry):
     x_out, fooled = carry
-    if n_targets:
-      rank = first_target_rank + j // n_restarts
-      y_target = jnp.take(ranking, num_classes - rank, axis=1)
-    else:
-      y_target = y
+    y_target = _target(clean_logits, y, first_target_rank + j // n_restarts, bool(n_targets))
     _, fooled_run, _, x_adv = run(value_and_grad, x, y, y_target, jax.random.fold_in(key, j), eps,
                                   norm=norm, n_iter=n_iter, rho=rho)
     newly = fooled_run & ~fooled
@@ -215,14 +219,6 @@ def apgd_attack(logits_fn, x, y, key, eps, first_target_rank=2, *, norm, loss, n
   if attempts == 1:
     return attempt(0, (x, fooled))
   return jax.lax.fori_loop(0, attempts, attempt, (x, fooled))
-
-
-def _target(clean_logits, y, target_rank, targeted):
-  """y_target for a run: the class of clean-logit rank `target_rank` (1 = top) if targeted, else y."""
-  if not targeted:
-    return y
-  ranking = jnp.argsort(clean_logits, axis=1)
-  return jnp.take(ranking, clean_logits.shape[1] - target_rank, axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("logits_fn", "norm", "loss", "n_iter", "targeted"))
@@ -266,17 +262,21 @@ def apgd_early_exit(logits_fn, x, y, key, eps, target_rank=2, *, norm, loss, tar
   iterate before it was set aside.
 
   Args mirror `apgd_attack` (n_restarts = 1); batch_rows(n) -> padded row count for n points (default:
-  n rounded up to a multiple of 8); log: optional list that receives (iteration, rows) per call.
+  `evaluate.bucket_size`, a multiple of the mesh size for sharded x); log: optional list that receives
+  (iteration, rows) per call.
   Returns:
     (x_adv f32[B, ...] placed like x, fooled bool[B] numpy).
   """
-  batch_rows = batch_rows or (lambda n: max(8, -(-n // 8) * 8))
   sharding = x.sharding if isinstance(getattr(x, "sharding", None), NamedSharding) else None
   sharding = None if sharding is None else NamedSharding(sharding.mesh, P(*sharding.spec[:1]))
+  if batch_rows is None:
+    mesh = sharding.mesh if sharding is not None and "data" in sharding.mesh.shape else None
+    batch_rows = lambda n: evaluate.bucket_size(n, x.shape[0], mesh)  # noqa: E731
   options = dict(norm=norm, loss=loss, n_iter=int(n_iter))
   state, wrong_clean = _start_run(logits_fn, x, y, key, eps, target_rank, targeted=bool(targeted), **options)
   wrong_clean = np.asarray(wrong_clean)
-  x_adv = np.array(x, np.float32)
+  x_clean = np.asarray(x, np.float32)
+  x_adv = x_clean.copy()
   fooled = np.zeros(x_adv.shape[0], bool)
   origin = np.arange(x_adv.shape[0])  # state row -> example
 
@@ -304,7 +304,7 @@ def apgd_early_exit(logits_fn, x, y, key, eps, target_rank=2, *, norm, loss, tar
       state, origin = _take_rows(state, keep, sharding), origin[keep]
   set_aside(np.flatnonzero(row_fooled))
   fooled &= ~wrong_clean  # as apgd_attack: points misclassified from the start stay x
-  x_adv[wrong_clean] = np.asarray(x)[wrong_clean]
+  x_adv[wrong_clean] = x_clean[wrong_clean]
   x_adv = jnp.asarray(x_adv) if sharding is None else jax.device_put(x_adv, sharding)
   return x_adv, fooled
 

@@ -12,7 +12,7 @@ Versions, as in the reference fra31/auto-attack (`AutoAttack.set_version`):
 
 Each attack runs only on points that are still robust after the previous ones: between stages (and
 between APGD-T targets and APGD restarts) the still-robust points are gathered and re-batched into
-padded batches of a few fixed sizes (`bucket_size`: at most ~25% padding, at most four sizes per octave),
+padded batches of a few fixed sizes (`evaluate.bucket_size`: at most ~25% padding, at most four sizes per octave),
 so the work shrinks with the robust set while each attack compiles only for the few sizes it meets.
 Within an APGD stage the same happens every 10 iterations (`apgd.apgd_early_exit`): points fooled
 so far are set aside, so a non-robust point costs the few iterations it takes to fool it, not 100.
@@ -66,11 +66,8 @@ def _apgd_stage(logits_fn, *, eps, norm, loss, restart, target_rank=None, **opti
     key = jax.random.fold_in(key, restart)
     rank = 2 if target_rank is None else target_rank
     if early_exit:
-      mesh = getattr(getattr(x, "sharding", None), "mesh", None)
-      mesh = mesh if mesh is not None and "data" in getattr(mesh, "shape", {}) else None
       x_adv, _ = apgd_early_exit(logits_fn, x, y, key, eps, rank, norm=norm, loss=loss, targeted=target_rank is not None,
-                                 n_iter=100, rho=options.get("rho", 0.75),
-                                 batch_rows=lambda n: bucket_size(n, x.shape[0], mesh))
+                                 n_iter=100, rho=options.get("rho", 0.75))
       return x_adv
     x_adv, _ = apgd_attack(
         logits_fn, x, y, key, eps, rank, norm=norm, loss=loss, n_iter=100,
@@ -127,23 +124,6 @@ def build_stages(logits_fn, *, eps, norm, version, num_classes) -> List[Stage]:
   return stages
 
 
-# Still-robust subsets smaller than a batch are padded up to a multiple of an eighth of the enclosing
-# power of two (at least _MIN_BUCKET rows): e.g. 20 points run as 24 rows, 33 as 40, 70 as 80. Padding
-# stays under ~25% — it is pure waste, and late AutoAttack stages spend thousands of model calls per
-# point — while each attack compiles for at most four sizes per octave of the robust-set size.
-_MIN_BUCKET = 8
-
-
-def bucket_size(num_points: int, batch_size: int, mesh=None) -> int:
-  """Fixed batch size for attacking `num_points` still-robust points (see `_MIN_BUCKET`)."""
-  floor = max(_MIN_BUCKET, 1 if mesh is None else mesh.shape["data"])
-  if num_points >= batch_size or batch_size <= floor:
-    return evaluate.padded_batch_size(batch_size, mesh)
-  granule = max(floor, 2 ** (max(int(num_points) - 1, 1).bit_length() - 3))
-  size = min(batch_size, -(-int(num_points) // granule) * granule)
-  return evaluate.padded_batch_size(size, mesh)
-
-
 def run_autoattack(logits_fn, x, y, *, eps, norm="linf", version="standard", key=None, batch_size=None, mesh=None,
                    progress=False, stages: Optional[List[Stage]] = None) -> AutoAttackResult:
   """AutoAttack over a whole evaluation set with the per-stage bookkeeping (see module docstring).
@@ -175,7 +155,8 @@ def run_autoattack(logits_fn, x, y, *, eps, norm="linf", version="standard", key
       break
     stage_start = time.perf_counter()
     _, still, adv = evaluate.robust_accuracy(
-        stage.attack_fn, logits_fn, x_float[index], labels[index], batch_size=bucket_size(index.size, batch_size, mesh),
+        stage.attack_fn, logits_fn, x_float[index], labels[index],
+        batch_size=evaluate.bucket_size(index.size, batch_size, mesh),
         mesh=mesh, desc=stage.name, key=jax.random.fold_in(key, i), progress=progress, keep_adversarial=True)
     fooled = index[~still]
     x_adv[fooled] = adv[~still]

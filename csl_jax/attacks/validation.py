@@ -66,8 +66,8 @@ def check_attack_inputs(x, y, *, eps, norm: str, supported_norms=NORMS, attack: 
         f"{attack}: x has integer dtype {jnp.result_type(x)}; attacks work on float images in [0, 1]. "
         "Convert uint8 images with x.astype(np.float32) / 255.")
   if _is_concrete(x):
-    x_np = np.asarray(x)
-    lo, hi = float(np.min(x_np)), float(np.max(x_np))
+    # Reduced where x lives: two scalars come back, not a host copy of every batch.
+    lo, hi = float(jnp.min(x)), float(jnp.max(x))
     if not np.isfinite(lo) or not np.isfinite(hi) or lo < -RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
       raise ValueError(
           f"{attack}: x must be images with values in [0, 1], found range [{lo:.4g}, {hi:.4g}]. "

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from csl_jax.analysis.report_tables import p_drop
 from csl_jax.eval import corruptions as corruption_lib
 from csl_jax.eval.corruptions import params
 
@@ -96,13 +97,11 @@ def _batch_seed(seed: int, corruption: str, severity: int, start: int) -> int:
   return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-def _relative_drop(clean: float, accuracy: float) -> Optional[float]:
-  return (clean - accuracy) / clean if clean > 0 else None
-
-
 def summarise(clean_accuracy: float, results: dict, severities: Sequence[int], num_examples: int) -> dict:
   """The corruptions.json dict from {corruption: {severity: accuracy}} (severities as ints)."""
-  relative = {name: {str(s): _relative_drop(clean_accuracy, acc) for s, acc in by_severity.items()}
+  # Undefined (None) without clean accuracy; otherwise P_drop, paper Eq. 3.
+  relative = {name: {str(s): None if clean_accuracy <= 0 else p_drop(clean_accuracy, acc)
+                     for s, acc in by_severity.items()}
               for name, by_severity in results.items()}
   mean_drop = {name: (None if clean_accuracy <= 0 else float(np.mean(list(drops.values()))))
                for name, drops in relative.items()}

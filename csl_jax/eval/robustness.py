@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from csl_jax import attacks
+from csl_jax.analysis.report_tables import p_drop
 
 NORMS = ("linf", "l2", "l1")
 # name -> norms the attack supports.
@@ -109,11 +110,6 @@ def parse_attacks(spec: str) -> List[AttackSpec]:
   return parsed
 
 
-def _p_drop(clean: float, robust: float) -> float:
-  """P_drop = (clean − robust) / clean (paper Eq. 3); 0 when the clean accuracy is 0."""
-  return (clean - robust) / clean if clean > 0 else 0.0
-
-
 def run_attack(spec: AttackSpec, logits_fn, images, labels, *, batch_size, key, mesh=None) -> float:
   """Robust accuracy of one attack over the set (per-example worst case for AutoAttack)."""
   if spec.name == "autoattack":
@@ -133,8 +129,9 @@ def write_markdown(path, result: Dict[str, Any]) -> None:
            "| Attack | Norm | ε | Robust acc. (%) | ↓P_drop (%) | Time (s) |", "|---|---|---|---|---|---|",
            f"| clean | – | 0 | {100 * result['clean_accuracy']:.2f} | 0.00 | – |"]
   for row in result["attacks"]:
+    drop = "n/a" if row["p_drop"] is None else f"{100 * row['p_drop']:.2f}"
     lines.append(f"| {row['spec']} | {NORM_LABELS[row['norm']]} | {row['eps_label']} | "
-                 f"{100 * row['robust_accuracy']:.2f} | {100 * row['p_drop']:.2f} | {row['seconds']:.1f} |")
+                 f"{100 * row['robust_accuracy']:.2f} | {drop} | {row['seconds']:.1f} |")
   pathlib.Path(path).write_text("\n".join(lines) + "\n")
 
 
@@ -194,7 +191,7 @@ def run_robustness_stage(logits_fn, images, labels, out_dir, *, attacks_spec: st
     robust = run_attack(spec, logits_fn, images, labels, batch_size=batch_size, key=jax.random.fold_in(base_key, i),
                         mesh=mesh)
     rows.append({"attack": spec.name, "norm": spec.norm, "eps": spec.eps, "eps_label": spec.eps_label,
-                 "robust_accuracy": robust, "p_drop": _p_drop(clean, robust),
+                 "robust_accuracy": robust, "p_drop": p_drop(clean, robust) if clean > 0 else None,
                  "seconds": time.perf_counter() - start, "spec": spec.text})
   result = {"clean_accuracy": clean, "num_examples": int(images.shape[0]), "attacks": rows}
   (out_dir / "robustness.json").write_text(json.dumps(result, indent=2))

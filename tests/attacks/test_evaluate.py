@@ -9,7 +9,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 
 from csl_jax import attacks
-from csl_jax.attacks.autoattack import Stage, bucket_size
+from csl_jax.attacks.autoattack import Stage
+from csl_jax.attacks.evaluate import bucket_size
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.integers(0, 256, (20, 6, 6, 1)).astype(np.uint8)
@@ -117,3 +118,16 @@ def test_bucket_sizes_follow_the_robust_set():
 def test_mismatched_images_and_labels_are_rejected():
   with pytest.raises(ValueError, match="labels"):
     attacks.robust_accuracy(None, logits_fn, IMAGES, LABELS[:-1], batch_size=4, progress=False)
+
+
+def test_normalised_float_images_are_rejected_everywhere_images_enter():
+  """Standardised pixels (mean 0, std 1) instead of [0, 1] get one clear error from the shared
+  conversion, in the attack loop and in the encoder evaluators alike."""
+  from csl_jax.eval.features import apply_in_batches  # noqa: PLC0415
+  normalised = (IMAGES / 255.0 - 0.5) / 0.25
+  with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    attacks.robust_accuracy(None, logits_fn, normalised, LABELS, batch_size=8, progress=False)
+  with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    apply_in_batches(jax.jit(logits_fn), normalised, batch_size=8)
+  ok = apply_in_batches(jax.jit(logits_fn), IMAGES / 255.0, batch_size=8)  # floats in [0, 1] still pass
+  np.testing.assert_allclose(ok, apply_in_batches(jax.jit(logits_fn), IMAGES, batch_size=8), atol=1e-6)
