@@ -32,6 +32,7 @@ import optax
 from PIL import Image
 
 from csl_jax import attacks
+from csl_jax.eval.robustness import parse_eps
 from csl_jax.models import ImageClassifier, get_encoder
 from csl_jax.models.convert import to_torch_classifier
 
@@ -212,8 +213,7 @@ def main():
     rows.append(pgd_comparison(torch, torchattacks, resnet_fn, resnet_torch, x_test[:n], y_test[:n], args.repeats,
                                "resnet18_cifar (random init)"))
   n_aa = min(args.aa_images, len(x_test))
-  numerator, _, denominator = args.aa_eps.partition("/")
-  aa_eps = float(numerator) / float(denominator or 1)
+  aa_eps = parse_eps(args.aa_eps)
   aa = None if args.skip_autoattack else autoattack_comparison(torch, logits_fn, torch_model, x_test[:n_aa],
                                                                y_test[:n_aa], args.batch_size, aa_eps)
 

@@ -46,7 +46,8 @@ def _attack_function(name: str):
   return getattr(attacks, name)
 
 
-def _parse_eps(text: str) -> float:
+def parse_eps(text: str) -> float:
+  """Parses an eps written as "8/255" or "0.5"; raises a ValueError naming the text otherwise."""
   try:
     if "/" in text:
       numerator, denominator = text.split("/", 1)
@@ -67,7 +68,7 @@ def _parse_value(text: str):
       pass
   if "/" in text:
     try:
-      return _parse_eps(text)
+      return parse_eps(text)
     except ValueError:
       pass
   return text
@@ -92,7 +93,7 @@ def parse_attacks(spec: str) -> List[AttackSpec]:
       raise ValueError(f"Attack spec {text!r}: unknown attack {name!r}; choose one of {sorted(ATTACK_NORMS)}.")
     if norm not in ATTACK_NORMS[name]:
       raise ValueError(f"Attack spec {text!r}: {name} supports norms {ATTACK_NORMS[name]}, got {norm!r}.")
-    eps = _parse_eps(eps_text)
+    eps = parse_eps(eps_text)
     if not eps > 0:
       raise ValueError(f"Attack spec {text!r}: eps must be > 0.")
     options = {}
