@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from csl_jax import config as config_lib
+from csl_jax import methods
 from csl_jax.train import loop, optim, sharding
 from csl_jax.train.state import create_train_state
 
@@ -26,12 +27,13 @@ def build(method, args, mesh):
   config.model.encoder = args.encoder
   config.model.dtype = args.dtype
   config.pretrain.batch_size = args.batch
-  model = loop.build_model(config, method, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+  method = methods.get(method)
+  model = method.family.build_model(config, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
   lr_fn = optim.learning_rate_schedule(config, args.batch, 100, 10_000)
   tx = optim.make_optimizer(config, lr_fn)
   state = jax.jit(functools.partial(create_train_state, model, tx), out_shardings=sharding.replicated(mesh))(
       jax.random.PRNGKey(0), jnp.zeros((2, args.size, args.size, 3)))
-  step = loop.make_train_step(config, method, model, tx, lr_fn, mesh, args.size, 10_000)
+  step = loop.make_train_step(method, config, model, tx, lr_fn, mesh, args.size, 10_000)
   return state, step
 
 

@@ -8,7 +8,7 @@ from csl_jax import config as config_lib
 
 
 def get_config(arg=None):
-  del arg
+  variants = config_lib.parse_arg(arg, {"smoke": "a few steps and a tiny evaluation (about a minute on a CPU)"})
   c = config_lib.base_config()
   c.runs = "simclr,afnc,supcon"
   c.dataset.source = "digits"
@@ -16,16 +16,17 @@ def get_config(arg=None):
   c.model.encoder = "small_cnn"
   c.model.projection_hidden_dim = 128
   c.model.projection_dim = 64
-  c.loss.temperature = 0.5
-  c.loss.rho_initial = 0.99
-  c.loss.rho_final = 0.7
+  c.methods.simclr.temperature = 0.5
+  c.methods.afnc.temperature = 0.5
+  c.methods.afnc.rho_initial = 0.99
+  c.methods.afnc.rho_final = 0.7
   c.augment.crop_scale_min = 0.3     # 16x16 digits do not survive 8% crops
   c.augment.jitter_strength = 0.5
   c.pretrain.epochs = 20
   c.pretrain.batch_size = 256
   c.pretrain.log_every = 25
   c.pretrain.checkpoint_every = 100
-  c.pretrain.knn_k = 20
+  c.linear_eval.knn_k = 20
   c.optim.name = "adamw"
   c.optim.lr = 2e-3
   c.optim.lr_scaling = "none"
@@ -45,4 +46,6 @@ def get_config(arg=None):
   c.corruptions.severities = "1,3,5"
   c.corruptions.num_examples = 360
   c.eval_batch_size = 360
+  if "smoke" in variants:
+    config_lib.smoke(c)
   return c

@@ -1,26 +1,46 @@
-"""Shared configuration defaults: every file in configs/ starts from `base_config()`.
+"""Shared configuration: the defaults every configs/*.py starts from, run resolution and validation.
 
 The config is the interface: a user changes behaviour with `--config.x=y`, never by editing code.
-`base_config()` returns a *locked* ConfigDict, so a typo in an override fails with the list of valid
-keys instead of silently creating a new field.
-"""
-import ml_collections
+`base_config()` returns a *locked* ConfigDict, so a typo in an override fails with the list of valid keys
+instead of silently creating a new field.
 
-METHODS = ("simclr", "supcon", "ce", "fnc", "afnc")
-CONTRASTIVE_METHODS = ("simclr", "supcon", "fnc", "afnc")
+Runs. `config.runs` lists run names (comma-separated). A name is either a method of the registry
+(`csl_jax.methods`, e.g. "simclr") or a key of `config.run_overrides`, which gives that run its method and
+its own config overrides — so one config file can describe a whole paper table:
+
+    c.runs = "simclr,afnc_fixed"
+    c.run_overrides = {"afnc_fixed": run_spec("afnc", {"methods.afnc.rho_initial": 0.9, ...})}
+
+Variants. Config files take big_vision's `get_config(arg)`: `--config configs/x.py:smoke,resnet18`.
+`parse_arg` rejects unknown variants with the valid ones; `apply_variants` implements the shared ones.
+"""
+import copy
+import math
+
+import ml_collections
 
 # Table 1 + Table 4 columns of the paper (CIFAR), plus PGD-linf 8/255.
 CIFAR_ATTACKS = ("fgsm:linf:8/255,fgsm:linf:16/255,pgd:l2:0.1,pgd:l2:0.25,pgd:l1:8.0,"
                  "autoattack:linf:1/255,autoattack:linf:2/255,pgd:linf:8/255")
 
+# Variants every CIFAR config accepts after its path (`configs/cifar10_simclr.py:smoke`).
+VARIANTS = {
+    "paper": "the paper's recipe (the default): CIFAR ResNet-50, 1,000 epochs",
+    "resnet18": "CIFAR ResNet-18 instead of ResNet-50 (same schedule)",
+    "short": "20 epochs (2 warm-up), for a first look",
+    "cifar100": "CIFAR-100 instead of CIFAR-10 (tfds:cifar100)",
+    "smoke": "sklearn digits, small CNN, a few steps and a tiny evaluation: any config in about a minute on a CPU",
+}
+
 
 def base_config() -> ml_collections.ConfigDict:
-  """Defaults for a CIFAR-10 SimCLR run with a CIFAR ResNet-18 (overridden per experiment)."""
+  """Defaults for a CIFAR-10 run with the paper's CIFAR ResNet-50 (overridden per experiment)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   # Comma-separated run names; each becomes <workdir>/<name> when more than one is listed.
-  # A run name is a method (see METHODS) optionally suffixed, e.g. "afnc" or "afnc_fixed".
   c.runs = "simclr"
+  # {run name: {"method": <registry name>, <section>: {<field>: value}}}; see `run_spec`.
+  c.run_overrides = ml_collections.ConfigDict()
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.source = "tfds:cifar10"   # "digits" | "tfds:<name>" | "folder:<path or .zip>"
@@ -30,37 +50,38 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.image_size = 0            # 0 = native size of the dataset
 
   c.model = ml_collections.ConfigDict()
-  c.model.encoder = "resnet18_cifar"
-  c.model.projection_hidden_dim = 512
+  c.model.encoder = "resnet50_cifar"  # the paper's CIFAR encoder; ":resnet18" -> resnet18_cifar
+  c.model.projection_hidden_dim = 2048
   c.model.projection_dim = 128
   c.model.dtype = "float32"           # "bfloat16" on accelerators
 
-  c.loss = ml_collections.ConfigDict()
-  c.loss.temperature = 0.5            # NT-Xent / FNC / Adaptive FNC (SimCLR CIFAR recipe)
-  c.loss.supcon_temperature = 0.1     # SupCon (Khosla et al. 2020)
-  c.loss.rho_initial = 0.99           # Adaptive FNC threshold schedule (paper: 0.99 -> 0.7)
-  c.loss.rho_final = 0.7
-  c.loss.rho_schedule = "cosine"      # "cosine" | "linear" | "constant"
-  c.loss.fnc_threshold = 0.9          # FNC (Huynh et al. 2022)
-  c.loss.fnc_top_k = 1
+  # Hyper-parameters of each training method (the sub-tree its registry entry reads).
+  c.methods = ml_collections.ConfigDict()
+  c.methods.simclr = ml_collections.ConfigDict({"temperature": 0.5})       # SimCLR CIFAR recipe
+  c.methods.supcon = ml_collections.ConfigDict({"temperature": 0.1})       # Khosla et al. 2020
+  # FNC (Huynh et al. 2022, google-research/fnc): a negative is cancelled when it is among the anchor's
+  # top_k most similar AND above threshold (elimination only).
+  c.methods.fnc = ml_collections.ConfigDict({"temperature": 0.5, "threshold": 0.7, "top_k": 10})
+  # Adaptive FNC (paper Eq. 4): threshold rho scheduled rho_initial -> rho_final (Table 4's best: 0.99 -> 0.7).
+  c.methods.afnc = ml_collections.ConfigDict({"temperature": 0.5, "rho_initial": 0.99, "rho_final": 0.7,
+                                              "rho_schedule": "cosine"})
+  # Cross-entropy: the SimCLR augmentation with weaker colour jitter (paper, after Chen et al. 2020a), or the
+  # classic "pad_crop_flip" recipe.
+  c.methods.ce = ml_collections.ConfigDict({"augment": "simclr", "jitter_strength": 0.25})
 
   c.augment = ml_collections.ConfigDict()
   c.augment.crop_scale_min = 0.08
   c.augment.jitter_strength = 0.5     # 0.5 on CIFAR, 1.0 on ImageNet
   c.augment.grayscale_prob = 0.2
   c.augment.blur = False              # only for ImageNet-size images
-  c.augment.ce_jitter_strength = 0.0  # CE uses the weaker pad-crop-flip recipe (Chen et al. 2020a)
 
   c.pretrain = ml_collections.ConfigDict()
-  c.pretrain.epochs = 1000
+  c.pretrain.epochs = 1000.0
   c.pretrain.num_steps = 0            # > 0 overrides epochs
   c.pretrain.batch_size = 512
   c.pretrain.log_every = 50
   c.pretrain.checkpoint_every = 1000
   c.pretrain.keep_checkpoints = 3
-  c.pretrain.knn_every = 0            # steps between kNN monitors (0 = only at the end)
-  c.pretrain.knn_k = 200
-  c.pretrain.knn_temperature = 0.1
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "lars"               # "lars" | "sgd" | "adamw"
@@ -68,14 +89,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.lr_scaling = "linear"       # "linear" | "sqrt" | "none"
   c.optim.momentum = 0.9
   c.optim.weight_decay = 1e-6
-  c.optim.warmup_epochs = 10
+  c.optim.warmup_epochs = 10.0
   c.optim.grad_clip = 0.0             # global-norm clip, 0 = off
+
+  # Evaluators run after pretraining, in this order (names in `csl_jax.eval.registry`).
+  c.evaluators = "linear_eval,robustness,geometry,corruptions"
 
   c.linear_eval = ml_collections.ConfigDict()
   c.linear_eval.epochs = 100
   c.linear_eval.batch_size = 512
   c.linear_eval.lr = 0.1
   c.linear_eval.weight_decay = 0.0
+  c.linear_eval.knn_k = 200
+  c.linear_eval.knn_temperature = 0.1
 
   c.robustness = ml_collections.ConfigDict()
   c.robustness.enabled = True
@@ -85,6 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.geometry = ml_collections.ConfigDict()
   c.geometry.enabled = True
+  c.geometry.num_examples = 0         # first N test images (0 = all)
   c.geometry.tsne_max_points = 5000
 
   c.corruptions = ml_collections.ConfigDict()
@@ -92,42 +119,226 @@ def base_config() -> ml_collections.ConfigDict:
   c.corruptions.names = "all"         # "all" or comma-separated corruption names
   c.corruptions.severities = "1,2,3,4,5"
   c.corruptions.num_examples = 1000
-  c.corruptions.source = "on_the_fly"  # or "tfds" (cifar10_corrupted prepared by the user)
+  c.corruptions.source = "on_the_fly"  # or "tfds:<name>", e.g. "tfds:cifar10_corrupted" (prepared by the user)
 
   c.eval_batch_size = 512
   c.lock()
   return c
 
 
+# ----------------------------------------------------------------------------------------------------
+# Config-file arguments (variants).
+
+
+def parse_arg(arg, valid=None) -> set:
+  """`get_config(arg)`'s argument "smoke,resnet18" -> {"smoke", "resnet18"}; unknown variants raise."""
+  valid = VARIANTS if valid is None else valid
+  variants = {part.strip() for part in (arg or "").split(",") if part.strip()}
+  unknown = sorted(variants - set(valid))
+  if unknown:
+    choices = "; ".join(f"{name}: {text}" for name, text in valid.items())
+    raise ValueError(f"Unknown config argument(s) {unknown} (after ':' in --config). Valid ones: {choices}.")
+  return variants
+
+
+def smoke(c) -> None:
+  """Shrinks any config to a CPU smoke run on sklearn digits: a few steps, a tiny evaluation."""
+  c.dataset.source = "digits"
+  c.dataset.image_size = 16
+  c.dataset.data_dir = ""
+  c.model.encoder = "small_cnn"
+  c.model.projection_hidden_dim = 64
+  c.model.projection_dim = 32
+  c.model.dtype = "float32"
+  c.augment.crop_scale_min = 0.3
+  c.pretrain.epochs = 0.0
+  c.pretrain.num_steps = 12
+  c.pretrain.batch_size = 128
+  c.pretrain.log_every = 4
+  c.pretrain.checkpoint_every = 6
+  c.optim.name = "adamw"
+  c.optim.lr = 2e-3
+  c.optim.lr_scaling = "none"
+  c.optim.weight_decay = 1e-4
+  c.optim.warmup_epochs = 0.0
+  c.linear_eval.epochs = 10
+  c.linear_eval.batch_size = 256
+  c.linear_eval.knn_k = 20
+  c.robustness.attacks = "fgsm:linf:8/255,pgd:linf:8/255:steps=3"
+  c.robustness.num_examples = 32
+  c.robustness.batch_size = 32
+  c.geometry.num_examples = 120
+  c.geometry.tsne_max_points = 0
+  c.corruptions.enabled = True
+  c.corruptions.names = "gaussian_noise"
+  c.corruptions.severities = "1"
+  c.corruptions.num_examples = 64
+  c.corruptions.source = "on_the_fly"
+  c.eval_batch_size = 120
+
+
+def apply_variants(c, variants: set) -> ml_collections.ConfigDict:
+  """Applies the shared VARIANTS to a CIFAR config (smoke last, so it wins)."""
+  if "resnet18" in variants:
+    c.model.encoder = "resnet18_cifar"
+    c.model.projection_hidden_dim = 512
+  if "short" in variants:
+    c.pretrain.epochs = 20.0
+    c.optim.warmup_epochs = 2.0
+  if "cifar100" in variants:
+    c.dataset.source = "tfds:cifar100"
+  if "smoke" in variants:
+    smoke(c)
+  return c
+
+
+# ----------------------------------------------------------------------------------------------------
+# Runs.
+
+
+def _nested(dotted: dict) -> dict:
+  """{"methods.afnc.rho_initial": 0.9} -> {"methods": {"afnc": {"rho_initial": 0.9}}}."""
+  out = {}
+  for key, value in dotted.items():
+    *parents, leaf = key.split(".")
+    node = out
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return out
+
+
+def run_spec(method: str, overrides: dict = None, *, methods_only: bool = False) -> ml_collections.ConfigDict:
+  """One entry of `config.run_overrides`: its method and dotted-key overrides of the config.
+
+  methods_only keeps only the `methods.*` overrides (a `:smoke` study keeps its own CPU optimiser settings).
+  """
+  overrides = {k: v for k, v in (overrides or {}).items() if k.startswith("methods.") or not methods_only}
+  return ml_collections.ConfigDict({"method": method, **_nested(overrides)})
+
+
 def run_names(config) -> list:
-  """The run names of `config.runs`, validated."""
+  """The run names of `config.runs` (not yet validated against the registry; see `resolve_runs`)."""
   names = [n.strip() for n in config.runs.split(",") if n.strip()]
   if not names:
     raise ValueError("config.runs is empty; list at least one run, e.g. 'simclr,afnc'.")
-  for name in names:
-    method_of(name)
+  if len(set(names)) != len(names):
+    raise ValueError(f"config.runs={config.runs!r} lists a run twice.")
   return names
 
 
-def method_of(run_name: str) -> str:
-  """'afnc_fixed' -> 'afnc'; raises for names that do not start with a known method."""
-  method = run_name.split("_")[0]
-  if method not in METHODS:
-    raise ValueError(f"Run {run_name!r}: unknown method {method!r}; valid methods are {METHODS} "
-                     "(a run name is a method optionally followed by _suffix).")
+def _merge(target, overrides: dict, path: str) -> None:
+  for key, value in overrides.items():
+    where = f"{path}.{key}" if path else key
+    if key not in target:
+      raise ValueError(f"Run override {where!r}: no such config field; valid fields here: {sorted(target.keys())}.")
+    if isinstance(value, dict):
+      if not isinstance(target[key], ml_collections.ConfigDict):
+        raise ValueError(f"Run override {where!r}: {where} is a value, not a section.")
+      _merge(target[key], value, where)
+    else:
+      target[key] = value
+
+
+def method_of(config, run_name: str) -> str:
+  """The registry method of run `run_name`: its run_overrides entry's method, else the name itself."""
+  from csl_jax import methods  # Lazy: the registry imports JAX.
+  spec = config.run_overrides.get(run_name)
+  method = spec.method if spec is not None else run_name
+  if method not in methods.REGISTRY:
+    where = f"run_overrides.{run_name}.method" if spec is not None else "config.runs"
+    raise ValueError(f"Run {run_name!r} ({where}): unknown method {method!r}. Valid methods: "
+                     f"{sorted(methods.REGISTRY)}; other run names need an entry in config.run_overrides "
+                     f"(defined: {sorted(config.run_overrides.keys()) or 'none'}).")
   return method
 
 
-def validate(config) -> None:
-  """Checks values a locked ConfigDict cannot check by itself; raises ValueError with the fix."""
-  run_names(config)
-  if config.optim.name not in ("lars", "sgd", "adamw"):
-    raise ValueError(f"config.optim.name={config.optim.name!r}; choose 'lars', 'sgd' or 'adamw'.")
-  if config.optim.lr_scaling not in ("linear", "sqrt", "none"):
-    raise ValueError(f"config.optim.lr_scaling={config.optim.lr_scaling!r}; choose linear, sqrt or none.")
-  if config.pretrain.batch_size <= 0 or config.eval_batch_size <= 0:
-    raise ValueError("Batch sizes must be positive.")
-  if config.loss.rho_schedule not in ("cosine", "linear", "constant"):
-    raise ValueError(f"config.loss.rho_schedule={config.loss.rho_schedule!r}; choose cosine, linear or constant.")
-  if config.model.dtype not in ("float32", "bfloat16", "float16"):
-    raise ValueError(f"config.model.dtype={config.model.dtype!r}; choose float32 or bfloat16.")
+def run_config(config, run_name: str) -> ml_collections.ConfigDict:
+  """A locked copy of `config` for one run: its overrides applied, `runs` set to the run's name."""
+  c = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
+  spec = config.run_overrides.get(run_name)
+  if spec is not None:
+    overrides = spec.to_dict()
+    overrides.pop("method", None)
+    _merge(c, overrides, "")
+  c.runs = run_name
+  c.lock()
+  return c
+
+
+def resolve_runs(config) -> list:
+  """[(run name, method name, run config)] for every run of `config`, validated."""
+  return [(name, method_of(config, name), run_config(config, name)) for name in run_names(config)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation, before any data loading or compilation.
+
+_CHOICES = {
+    "optim.name": ("lars", "sgd", "adamw"),
+    "optim.lr_scaling": ("linear", "sqrt", "none"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "methods.afnc.rho_schedule": ("cosine", "linear", "constant"),
+    "methods.ce.augment": ("simclr", "pad_crop_flip"),
+}
+# field -> (lowest allowed, highest allowed, what it means); None = unbounded.
+_RANGES = {
+    "pretrain.epochs": (0, None), "pretrain.num_steps": (0, None), "pretrain.batch_size": (1, None),
+    "pretrain.log_every": (1, None), "pretrain.checkpoint_every": (1, None), "pretrain.keep_checkpoints": (1, None),
+    "optim.lr": (0, None), "optim.momentum": (0, 1), "optim.weight_decay": (0, None),
+    "optim.warmup_epochs": (0, None), "optim.grad_clip": (0, None),
+    "linear_eval.epochs": (1, None), "linear_eval.batch_size": (1, None), "linear_eval.lr": (0, None),
+    "linear_eval.weight_decay": (0, None), "linear_eval.knn_k": (1, None), "linear_eval.knn_temperature": (1e-9, None),
+    "robustness.num_examples": (0, None), "robustness.batch_size": (1, None),
+    "geometry.num_examples": (0, None), "geometry.tsne_max_points": (0, None),
+    "corruptions.num_examples": (0, None), "eval_batch_size": (1, None), "dataset.image_size": (0, None),
+    "augment.crop_scale_min": (1e-6, 1), "augment.jitter_strength": (0, None), "augment.grayscale_prob": (0, 1),
+    "methods.simclr.temperature": (1e-6, None), "methods.supcon.temperature": (1e-6, None),
+    "methods.fnc.temperature": (1e-6, None), "methods.fnc.threshold": (-1, 1), "methods.fnc.top_k": (1, None),
+    "methods.afnc.temperature": (1e-6, None), "methods.afnc.rho_initial": (-1, 2), "methods.afnc.rho_final": (-1, 2),
+    "methods.ce.jitter_strength": (0, None), "model.projection_dim": (1, None),
+    "model.projection_hidden_dim": (1, None),
+}
+
+
+def _get(config, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def _check_run(config, run_name: str) -> None:
+  where = f"run {run_name!r}: " if run_name else ""
+  for field, choices in _CHOICES.items():
+    if _get(config, field) not in choices:
+      raise ValueError(f"{where}config.{field}={_get(config, field)!r}; choose one of {choices}.")
+  for field, (low, high) in _RANGES.items():
+    value = _get(config, field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+        low is not None and value < low) or (high is not None and value > high):
+      bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+      raise ValueError(f"{where}config.{field}={value!r} is out of range; it must be a finite number {bounds}.")
+  if config.pretrain.num_steps == 0 and config.pretrain.epochs <= 0:
+    raise ValueError(f"{where}no training: config.pretrain.epochs={config.pretrain.epochs} and num_steps=0. Set "
+                     "--config.pretrain.epochs > 0 or --config.pretrain.num_steps > 0.")
+  if config.methods.afnc.rho_schedule == "constant" and (
+      config.methods.afnc.rho_initial != config.methods.afnc.rho_final):
+    raise ValueError(f"{where}methods.afnc.rho_schedule='constant' needs rho_initial == rho_final "
+                     f"(got {config.methods.afnc.rho_initial} and {config.methods.afnc.rho_final}).")
+
+
+def validate(config, *, num_devices: int = None) -> list:
+  """Checks every run's config before any work; returns `resolve_runs(config)`. Raises ValueError with the fix."""
+  from csl_jax.eval import registry as eval_registry  # Lazy: evaluators import JAX.
+  runs = resolve_runs(config)
+  for name, _, c in runs:
+    if c.dataset.to_dict() != config.dataset.to_dict():
+      raise ValueError(f"run_overrides.{name} changes config.dataset; all runs of one config share the data. "
+                       "Put runs on other data in their own config / workdir.")
+    _check_run(c, name if len(runs) > 1 else "")
+    eval_registry.check(c)
+    if num_devices and c.pretrain.batch_size % num_devices:
+      raise ValueError(f"config.pretrain.batch_size={c.pretrain.batch_size} is not divisible by the {num_devices} "
+                       f"devices; choose a multiple of {num_devices}.")
+  return runs

@@ -1,7 +1,8 @@
 """Geometry stage: encoder features of the test split -> geometry.json, class_distances.png, tsne.png, tsne.npz.
 
-The caller (the pipeline) extracts features; this stage only measures them, so it can be rerun on saved
-features and tested without a model.
+`measure_geometry` only measures features, so it can be rerun on saved features and tested without a model;
+`GeometryEvaluator` (the pipeline's evaluator) extracts them — one plain view and one SimCLR-augmented view
+per image, for alignment — through `eval.batches`, from in-memory or streamed splits alike.
 """
 import json
 import math
@@ -21,9 +22,9 @@ def _json_number(value):
   return value if math.isfinite(value) else None
 
 
-def run_geometry_stage(features, labels, class_names: Sequence[str], out_dir, *, features_view2=None,
-                       tsne_max_points: int = 5000, seed: int = 0, block_size: int = 1024,
-                       normalize: bool = True, tsne_threads: Optional[int] = None) -> dict:
+def measure_geometry(features, labels, class_names: Sequence[str], out_dir, *, features_view2=None,
+                     tsne_max_points: int = 5000, seed: int = 0, block_size: int = 1024,
+                     normalize: bool = True, tsne_threads: Optional[int] = None) -> dict:
   """Measures class separation, alignment and uniformity of f32[N, D] features and writes the stage outputs.
 
   Args:
@@ -88,5 +89,46 @@ def run_geometry_stage(features, labels, class_names: Sequence[str], out_dir, *,
     plots.tsne_figure(out_dir / "tsne.png", embedding["points"], embedding["labels"], class_names,
                       title=f"t-SNE of test features (inter/intra = {ratio_text})")
     result["tsne_points"] = int(len(embedding["indices"]))
-  (out_dir / "geometry.json").write_text(json.dumps(result, indent=2))
   return result
+
+
+def run_geometry_stage(features, labels, class_names: Sequence[str], out_dir, **kwargs) -> dict:
+  """`measure_geometry` (same arguments), then writes geometry.json."""
+  result = measure_geometry(features, labels, class_names, out_dir, **kwargs)
+  (pathlib.Path(out_dir) / "geometry.json").write_text(json.dumps(result, indent=2))
+  return result
+
+
+class GeometryEvaluator:
+  """geometry.json (+ class_distances.png, tsne.png): inter/intra-class distance ratio (paper Fig. 2),
+  alignment and uniformity of the encoder's test features."""
+  name = "geometry"
+
+  def __init__(self, config, *, mesh, **unused):
+    del unused
+    self.config, self.mesh = config, mesh
+
+  def spec(self) -> dict:
+    c = self.config
+    return {"num_examples": c.geometry.num_examples, "tsne_max_points": c.geometry.tsne_max_points, "seed": c.seed,
+            "view_augment": {"crop_scale_min": c.augment.crop_scale_min, "jitter_strength": c.augment.jitter_strength,
+                             "grayscale_prob": c.augment.grayscale_prob, "blur": c.augment.blur}}
+
+  def run(self, classifier, dataset, run_dir) -> dict:
+    import jax  # Lazy: measuring saved features needs no JAX.
+    from csl_jax import methods
+    from csl_jax.eval import batches
+    c = self.config
+    augment = methods.simclr_augment(c, dataset.image_shape[0])
+    view_key = jax.random.PRNGKey(c.seed + 1)
+    plain = jax.jit(lambda images: classifier.features(batches.to_unit_floats(images)))
+    feats, labels = batches.map_batches(lambda b: plain(b.images), dataset, c.eval_batch_size, mesh=self.mesh,
+                                        num_examples=c.geometry.num_examples, desc="geometry features")
+    view = jax.jit(lambda images, key: classifier.features(augment(key, images)))
+    view2, _ = batches.map_batches(lambda b: view(b.images, jax.random.fold_in(view_key, b.index)), dataset,
+                                   c.eval_batch_size, mesh=self.mesh, num_examples=c.geometry.num_examples,
+                                   desc="geometry second view")
+    if jax.process_index() != 0:
+      return {}
+    return measure_geometry(feats, labels, list(classifier.class_names), run_dir, features_view2=view2,
+                            tsne_max_points=c.geometry.tsne_max_points, seed=c.seed)

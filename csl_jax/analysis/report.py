@@ -17,10 +17,10 @@ from typing import Optional, Sequence
 from csl_jax.analysis import plots
 from csl_jax.analysis import tsne
 # p_drop and gap_closed are re-exported: they are the report's public arithmetic.
-from csl_jax.analysis.report_tables import (CANCELLATION_METRICS, Table, _attacks_by_key, _number, _percent,  # noqa: F401
-                                            cancellation_series, corruption_table, gap_closed, geometry_table, p_drop,
-                                            robustness_families, robustness_table)
-from csl_jax.analysis.runs import Run, _sort_key, discover_runs, label_runs, load_run, resolve_baseline_and_reference
+from csl_jax.analysis.report_tables import (CANCELLATION_METRICS, Table, attacks_by_key, cancellation_series,  # noqa: F401
+                                            corruption_table, format_number, format_percent, gap_closed,
+                                            geometry_table, p_drop, robustness_families, robustness_table)
+from csl_jax.analysis.runs import Run, discover_runs, label_runs, load_run, resolve_baseline_and_reference, sort_key
 
 
 @dataclasses.dataclass
@@ -44,15 +44,19 @@ def _runs_section(runs, labels) -> Section:
   rows = []
   for run in runs:
     linear = run.linear_eval or {}
-    rows.append([labels[run.path], run.method, str(run.info.get("dataset", "—")), str(run.info.get("encoder", "—")),
-                 _percent(linear.get("top1")), _percent(linear.get("knn_top1")), str(run.path)])
-  blocks = [Table(["Run", "Method", "Dataset", "Encoder", "Linear top-1", "kNN top-1", "Directory"], rows)]
+    rows.append([labels[run.path], run.title, run.settings, str(run.info.get("dataset", "—")),
+                 str(run.info.get("encoder", "—")), format_percent(linear.get("top1")),
+                 format_percent(linear.get("knn_top1")), run.status])
+  blocks = [Table(["Run", "Method", "Settings", "Dataset", "Encoder", "Linear top-1", "kNN top-1", "Status"], rows)]
+  unfinished = [labels[run.path] for run in runs if run.status != "finished"]
+  if unfinished:
+    blocks.append(f"Not finished or stale — their numbers below are partial: {', '.join(unfinished)}.")
   blocks += [f"{labels[run.path]}: {problem}." for run in runs for problem in run.problems]
   return Section("Runs", blocks)
 
 
 def _robustness_section(runs, labels, out_dir, baseline, reference, notes) -> Section:
-  have = [run for run in runs if _attacks_by_key(run)]
+  have = [run for run in runs if attacks_by_key(run)]
   if not have:
     return Section("Adversarial robustness", ["Skipped: no run has robustness.json with attack results."])
   blocks = ["Cells read “robust accuracy ↓P_drop”, P_drop = (clean − robust) / clean (paper Eq. 3)."]
@@ -126,7 +130,9 @@ def _cancellation_section(runs, labels, out_dir) -> Section:
   if not series:
     return Section("False-negative cancellation", ["Skipped: no run logged cancel_precision in "
                                                    "pretrain_metrics.jsonl (only FNC-family runs do)."])
-  rows = [[label] + [_number(s[m][1][-1]) if m in s else "—" for m in CANCELLATION_METRICS]
+  status = {labels[run.path]: run.status for run in runs}
+  rows = [[label + ("" if status[label] == "finished" else f" ({status[label]})")]
+          + [format_number(s[m][1][-1]) if m in s else "—" for m in CANCELLATION_METRICS]
           for label, s in series.items()]
   plots.training_curves(out_dir / "cancellation.png", CANCELLATION_METRICS, series)
   return Section("False-negative cancellation", [
@@ -217,7 +223,7 @@ def write_report(workdirs: Sequence, out_dir, *, baseline: Optional[str] = None,
   out_dir.mkdir(parents=True, exist_ok=True)
   runs = [load_run(path) for path in discover_runs(workdirs)]
   base_run, ref_run, notes = resolve_baseline_and_reference(runs, baseline, reference)
-  runs = sorted(runs, key=_sort_key)
+  runs = sorted(runs, key=sort_key)
   sections = build_sections(runs, out_dir, baseline=base_run, reference=ref_run, notes=notes)
   markdown_path = out_dir / "report.md"
   html_path = out_dir / "report.html"

@@ -8,7 +8,7 @@ import numpy as np
 from csl_jax.analysis.runs import Run
 
 _NORM_SYMBOL = {"linf": "ℓ∞", "l2": "ℓ2", "l1": "ℓ1"}
-_ATTACK_ORDER = ("fgsm", "pgd", "apgd", "apgd_ce", "apgd_t", "fab", "square", "autoattack")
+_ATTACK_ORDER = ("fgsm", "pgd", "apgd", "fab", "square", "autoattack")
 CANCELLATION_METRICS = ("cancel_precision", "cancel_recall", "rho", "cancelled_per_anchor")
 
 
@@ -63,7 +63,8 @@ def _eps_label(norm: str, eps: float) -> str:
   return f"{round(eps * 255, 3):g}/255" if norm == "linf" else f"{eps:g}"
 
 
-def _attacks_by_key(run: Run) -> dict:
+def attacks_by_key(run: Run) -> dict:
+  """{(attack, norm, eps, options): robustness.json entry} of one run."""
   entries = (run.robustness or {}).get("attacks") or []
   return {_attack_key(entry): entry for entry in entries}
 
@@ -82,14 +83,14 @@ def _entry_drop(entry: dict, clean: Optional[float]) -> float:
   return p_drop(clean, float(entry["robust_accuracy"])) if clean is not None else float("nan")
 
 
-def _percent(value, digits: int = 1) -> str:
+def format_percent(value, digits: int = 1) -> str:
   return "—" if value is None or not math.isfinite(value) else f"{100 * value:.{digits}f}"
 
 
 def robustness_table(runs: Sequence[Run], labels: dict, baseline: Optional[Run],
                      reference: Optional[Run]) -> Table:
   """Table 1/4-style rows: method, clean accuracy, "robust ↓P_drop% ↑gap-closed%" per attack and ε."""
-  per_run = {run.path: _attacks_by_key(run) for run in runs}
+  per_run = {run.path: attacks_by_key(run) for run in runs}
   keys = sorted({key for attacks in per_run.values() for key in attacks}, key=_column_order)
   header = ["Method", "Clean"]
   for key in keys:
@@ -98,19 +99,19 @@ def robustness_table(runs: Sequence[Run], labels: dict, baseline: Optional[Run],
     header.append(f"{attack_family(attack, norm, options)} ε={entry.get('eps_label') or _eps_label(norm, eps)}")
   anchors = None
   if baseline is not None and reference is not None:
-    anchors = [{key: _entry_drop(e, clean_accuracy(r)) for key, e in _attacks_by_key(r).items()}
+    anchors = [{key: _entry_drop(e, clean_accuracy(r)) for key, e in attacks_by_key(r).items()}
                for r in (baseline, reference)]
   rows = []
   for run in runs:
     clean = clean_accuracy(run)
-    row = [labels[run.path], _percent(clean)]
+    row = [labels[run.path], format_percent(clean)]
     for key in keys:
       entry = per_run[run.path].get(key)
       if entry is None:
         row.append("—")
         continue
       drop = _entry_drop(entry, clean)
-      cell = f"{_percent(float(entry['robust_accuracy']))} ↓{_percent(drop, 0)}%"
+      cell = f"{format_percent(float(entry['robust_accuracy']))} ↓{format_percent(drop, 0)}%"
       if anchors and run.path not in (baseline.path, reference.path) and all(key in a for a in anchors):
         closed = gap_closed(drop, anchors[0][key], anchors[1][key])
         if math.isfinite(closed):
@@ -128,7 +129,7 @@ def robustness_families(runs: Sequence[Run], labels: dict) -> tuple:
   families, xlabels = {}, {}
   for run in runs:
     clean = clean_accuracy(run)
-    for (attack, norm, eps, options), entry in sorted(_attacks_by_key(run).items(),
+    for (attack, norm, eps, options), entry in sorted(attacks_by_key(run).items(),
                                                       key=lambda kv: _column_order(kv[0])):
       family = attack_family(attack, norm, options)
       scale = 255.0 if norm == "linf" else 1.0
@@ -140,7 +141,7 @@ def robustness_families(runs: Sequence[Run], labels: dict) -> tuple:
   return families, xlabels
 
 
-def _number(value, digits: int = 3) -> str:
+def format_number(value, digits: int = 3) -> str:
   return "—" if value is None or not math.isfinite(float(value)) else f"{float(value):.{digits}f}"
 
 
@@ -150,9 +151,9 @@ def geometry_table(runs: Sequence[Run], labels: dict) -> Table:
   rows = []
   for run in runs:
     g = run.geometry
-    ratio = _number(g.get("ratio"), 2)
-    rows.append([labels[run.path], _number(g.get("inter_class")), _number(g.get("intra_class")),
-                 ratio if ratio == "—" else f"{ratio}×", _number(g.get("alignment")), _number(g.get("uniformity")),
+    ratio = format_number(g.get("ratio"), 2)
+    rows.append([labels[run.path], format_number(g.get("inter_class")), format_number(g.get("intra_class")),
+                 ratio if ratio == "—" else f"{ratio}×", format_number(g.get("alignment")), format_number(g.get("uniformity")),
                  str(g.get("num_examples", "—"))])
   return Table(header, rows)
 
@@ -183,9 +184,9 @@ def corruption_table(runs: Sequence[Run], labels: dict) -> tuple:
     first, mean = corruption_drops(run.corruptions)
     panels["severity 1"][labels[run.path]] = first
     panels["mean over severities"][labels[run.path]] = mean
-    rows.append([labels[run.path], _percent(run.corruptions.get("clean_accuracy")),
-                 _percent(np.mean(list(first.values())) if first else None),
-                 _percent(np.mean(list(mean.values())) if mean else None), str(len(mean))])
+    rows.append([labels[run.path], format_percent(run.corruptions.get("clean_accuracy")),
+                 format_percent(np.mean(list(first.values())) if first else None),
+                 format_percent(np.mean(list(mean.values())) if mean else None), str(len(mean))])
   header = ["Method", "Clean", "Mean drop @ severity 1 (%)", "Mean drop, all severities (%)", "Corruptions"]
   return Table(header, rows), panels
 

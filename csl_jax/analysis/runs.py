@@ -10,7 +10,9 @@ import os
 import pathlib
 from typing import Optional, Sequence, Union
 
-_METHOD_ORDER = ("ce", "supcon", "simclr", "fnc", "ifnd", "afnc")
+# Table order of the paper: supervised first, then SimCLR and its false-negative variants.
+METHOD_ORDER = ("ce", "supcon", "simclr", "fnc", "afnc")
+RESULT_FILES = ("linear_eval", "robustness", "geometry", "corruptions")
 
 
 @dataclasses.dataclass
@@ -26,6 +28,34 @@ class Run:
   corruptions: Optional[dict] = None
   pretrain_metrics: Optional[list] = None
   problems: list = dataclasses.field(default_factory=list)
+
+  @property
+  def title(self) -> str:
+    return str(self.info.get("title") or self.method)
+
+  @property
+  def settings(self) -> str:
+    """The method's hyper-parameters from run.json (config.methods.<method>), e.g. "rho_final=0.7, ..."."""
+    values = ((self.info.get("config") or {}).get("methods") or {}).get(self.method) or {}
+    return ", ".join(f"{k}={v}" for k, v in sorted(values.items())) or "—"
+
+  @property
+  def status(self) -> str:
+    """"finished", or what is missing or stale: unfinished training, results from other weights."""
+    total = self.info.get("total_steps")
+    last = max((r.get("step", 0) for r in self.pretrain_metrics or []), default=0)
+    if total and last < total:
+      return f"unfinished (trained {last}/{total} steps)"
+    stale = [name for name in RESULT_FILES
+             if (getattr(self, name) or {}).get("provenance", {}).get("model", {}).get("checkpoint_step")
+             not in (None, total)]
+    if stale:
+      return "stale: " + ", ".join(f"{name}.json" for name in stale) + f" not from step {total}"
+    config = self.info.get("config") or {}
+    configured = [n.strip() for n in str(config.get("evaluators", ",".join(RESULT_FILES))).split(",")]
+    missing = [name for name in RESULT_FILES if getattr(self, name) is None and name in configured
+               and (config.get(name) or {}).get("enabled", True)]
+    return "finished" if not missing else "no " + ", ".join(f"{name}.json" for name in missing)
 
 
 def discover_runs(workdirs: Sequence[Union[str, pathlib.Path]]) -> list:
@@ -76,8 +106,9 @@ def load_run(path) -> Run:
              pretrain_metrics=_read_jsonl(path / "pretrain_metrics.jsonl", problems), problems=problems)
 
 
-def _sort_key(run: Run):
-  rank = _METHOD_ORDER.index(run.method) if run.method in _METHOD_ORDER else len(_METHOD_ORDER)
+def sort_key(run: Run):
+  """Paper order (METHOD_ORDER), then run name."""
+  rank = METHOD_ORDER.index(run.method) if run.method in METHOD_ORDER else len(METHOD_ORDER)
   return rank, run.name, str(run.path)
 
 

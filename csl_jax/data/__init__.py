@@ -10,8 +10,9 @@ host-side loaders) never import JAX or TensorFlow.
 """
 import importlib
 
-from csl_jax.data.dataset import (ArrayDataset, KNOWN_STATS, channel_stats, compute_channel_stats, epoch_permutation,
-                                  load, process_slice, steps_per_epoch)
+from csl_jax.data.dataset import (ArrayDataset, compute_channel_stats, epoch_permutation, process_slice,
+                                  steps_per_epoch)
+from csl_jax.data.sources import KNOWN_STATS, channel_stats, load
 
 _LAZY_SUBMODULES = ("augment", "digits", "folder", "tfds_source")
 

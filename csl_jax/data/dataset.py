@@ -1,17 +1,13 @@
-"""The data interface every stage uses: `load(source, split)` -> a dataset with `.batches(...)`.
+"""The in-memory dataset (`ArrayDataset`) and the batching arithmetic every source shares.
 
-Sources:
-  "digits"          scikit-learn's bundled 8x8 digits (offline; see `digits.py`).
-  "tfds:<name>"     a prepared tensorflow-datasets dataset (never downloaded; see `tfds_source.py`).
-  "folder:<path>"   an image folder `<root>/<split>/<class>/<file>` or a .zip of one (see `folder.py`).
-
-In-memory sources return an `ArrayDataset` (uint8 images in host memory). Batch order is a pure function
+`sources.load(source, split)` picks a source; in-memory sources return an `ArrayDataset` (uint8 images in host
+memory), large TFDS splits a `tfds_source.StreamingDataset` with the same `batches(...)` interface. Batch order is a pure function
 of (seed, step): epoch e = step // steps_per_epoch visits the examples in the order
 `np.random.default_rng([seed, e]).permutation(N)`, so a resumed run (`start_step=s`) sees exactly the
 batches an uninterrupted run sees from step s. In multi-host runs every process draws the same global
 batch and keeps its own contiguous slice of it.
 
-The source modules are imported lazily: "digits" and "folder:" never pay for importing TensorFlow.
+This module imports no source module (the sources import it), so there is no import cycle.
 """
 import dataclasses
 from typing import Iterator, Sequence
@@ -108,6 +104,11 @@ class ArrayDataset:
     """The first n examples (the split's stored order)."""
     return self[:n]
 
+  def eval_batch_count(self, global_batch_size: int, process_count: int) -> int:
+    """Batches of one unshuffled pass without drop_remainder (the same on every process)."""
+    del process_count
+    return steps_per_epoch(self.num_examples, global_batch_size, drop_remainder=False)
+
   def __repr__(self):
     return (f"ArrayDataset({self.name!r}, num_examples={self.num_examples}, image_shape={self.image_shape}, "
             f"num_classes={self.num_classes})")
@@ -172,50 +173,6 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
   return out
 
 
-# ----------------------------------------------------------------------------------------------------
-# Entry points.
-
-SOURCES_HELP = ('"digits", "tfds:<name>" (e.g. tfds:cifar10, tfds:imagenet2012) or "folder:<path>" '
-                '(a directory <root>/<split>/<class>/<image> or a .zip of one)')
-
-
-def load(source: str, split: str, *, data_dir: str | None = None, cache_dir: str | None = None,
-         image_size: int | None = None):
-  """Loads split `split` of `source` (see the module docstring); returns an ArrayDataset or, for large
-  TFDS datasets (imagenet2012), a `tfds_source.StreamingDataset` with the same `batches(...)` but no `.images`.
-
-  data_dir: TFDS data directory. cache_dir: where decoded image folders are cached (default ~/.cache/csl_jax).
-  image_size: resize (shorter side) + center-crop every image to image_size x image_size on the host.
-  """
-  kind, sep, arg = source.partition(":")
-  if source == "digits":
-    from csl_jax.data import digits
-    return digits.load(split, image_size=image_size)
-  if sep and kind == "tfds" and arg:
-    from csl_jax.data import tfds_source
-    return tfds_source.load(arg, split, data_dir=data_dir, image_size=image_size)
-  if sep and kind == "folder" and arg:
-    from csl_jax.data import folder
-    return folder.load(arg, split, cache_dir=cache_dir, image_size=image_size)
-  raise ValueError(f"Unknown data source {source!r}; expected {SOURCES_HELP}.")
-
-
-# Per-channel mean/std of images in [0, 1] over the training split, for the model's input normalisation.
-# CIFAR: population statistics of the training images; ImageNet: the customary torchvision values.
-_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-KNOWN_STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar10_corrupted": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "mnist": ((0.1307,), (0.3081,)),
-    "imagenet2012": _IMAGENET_STATS,
-    "imagenet2012_subset": _IMAGENET_STATS,
-    "imagenet2012_real": _IMAGENET_STATS,
-    "imagenet2012_corrupted": _IMAGENET_STATS,
-    "imagenet_v2": _IMAGENET_STATS,
-}
-
-
 def compute_channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple:
   """(mean, std) per channel of u8[N, H, W, C] images scaled to [0, 1], pooled over all pixels."""
   total = np.zeros(images.shape[-1])
@@ -228,21 +185,3 @@ def compute_channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple:
   mean = total / count
   std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
   return tuple(float(m) for m in mean), tuple(float(s) for s in std)
-
-
-def channel_stats(source: str, **load_kwargs) -> tuple:
-  """(mean, std) tuples per channel for normalising [0, 1] images of `source`.
-
-  Known TFDS datasets (CIFAR-10/100, ImageNet, MNIST) come from a table; "digits", "folder:" and other
-  in-memory sources are computed from their "train" split (load_kwargs are passed to `load`).
-  """
-  kind, _, name = source.partition(":")
-  if kind == "tfds":
-    base = name.split("/")[0].split(":")[0]
-    if base in KNOWN_STATS:
-      return KNOWN_STATS[base]
-  ds = load(source, "train", **load_kwargs)
-  if not hasattr(ds, "images"):
-    raise ValueError(f"{source}: no stored channel statistics and the dataset streams, so they cannot be "
-                     f"computed here; add them to csl_jax.data.dataset.KNOWN_STATS.")
-  return compute_channel_stats(ds.images)

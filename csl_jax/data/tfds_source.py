@@ -156,6 +156,22 @@ class StreamingDataset:
   def __len__(self) -> int:
     return self.num_examples
 
+  def take(self, n: int) -> "StreamingDataset":
+    """The first n examples of the split (TFDS slicing `split[:n]`); each process then streams its part of them."""
+    if n >= self.num_examples:
+      return self
+    if "[" in self.split:
+      raise ValueError(f"{self.name}: cannot take the first {n} examples of the already sliced split {self.split!r}; "
+                       "slice the split in the config instead (e.g. dataset.test_split='validation[:1000]').")
+    return dataclasses.replace(self, split=f"{self.split}[:{int(n)}]", num_examples=int(n),
+                               name=f"{self.name}[:{int(n)}]")
+
+  def eval_batch_count(self, global_batch_size: int, process_count: int) -> int:
+    """Batches of one unshuffled pass on the busiest process: hosts read parts that differ by at most one
+    example, so a host that runs out first pads with empty batches to keep the collective calls in step."""
+    per_host = -(-self.num_examples // process_count)
+    return dataset.steps_per_epoch(per_host, global_batch_size // process_count, drop_remainder=False)
+
   def batches(self, global_batch_size: int, *, seed: int, start_step: int = 0, shuffle: bool = True,
               drop_remainder: bool = True, process_index: int | None = None,
               process_count: int | None = None) -> Iterator[dataset.Batch]:

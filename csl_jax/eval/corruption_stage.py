@@ -7,18 +7,22 @@ relative drop (clean - corrupted) / clean, the quantity of paper Fig. 3 (and P_d
 
 Writes <out_dir>/corruptions.json, corruptions.md and corruption_drop.png.
 """
+import functools
 import json
 import pathlib
 from typing import Callable, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from csl_jax.analysis import plots
 from csl_jax.analysis.report_tables import p_drop
+from csl_jax.data.dataset import ArrayDataset
+from csl_jax.eval import batches
 from csl_jax.eval import corruptions as corruption_lib
 from csl_jax.eval.corruptions import params
+from csl_jax.train import sharding
 
 SOURCES = ("on_the_fly", "tfds")
 # tfds's cifar10_corrupted names two corruptions differently from the scripts and the paper.
@@ -56,39 +60,6 @@ def load_tfds_corrupted(corruption: str, severity: int, *, name: str = "cifar10_
     raise ValueError(f"TFDS dataset {full_name!r} split {split!r} is empty.")
   images = np.concatenate([b[0] for b in batches]).astype(np.uint8)
   return images, np.concatenate([b[1] for b in batches]).astype(np.int32)
-
-
-def _correct_counter(logits_fn: Callable) -> Callable:
-  """jit(u8[B, H, W, C], int[B], bool[B]) → number of valid examples whose argmax logit is the label."""
-
-  @jax.jit
-  def count_correct(images_uint8, labels, valid):
-    logits = logits_fn(images_uint8.astype(jnp.float32) / 255.0)
-    return jnp.sum((jnp.argmax(logits, axis=-1) == labels) & valid)
-
-  return count_correct
-
-
-def _accuracy(count_correct: Callable, images: np.ndarray, labels: np.ndarray, batch_size: int,
-              corrupt: Optional[Callable] = None) -> float:
-  """Top-1 accuracy over `images`, corrupting each batch with `corrupt(batch, start)` on the host.
-
-  Every batch is padded to one shape so the model compiles once; counts stay on the device until
-  the end, so the host corrupts batch k + 1 while the device classifies batch k.
-  """
-  num_examples = len(images)
-  batch_size = min(batch_size, num_examples)
-  counts = []
-  for start in range(0, num_examples, batch_size):
-    batch = images[start:start + batch_size]
-    if corrupt is not None:
-      batch = corrupt(batch, start)
-    pad = batch_size - len(batch)
-    valid = np.arange(batch_size) < len(batch)
-    batch = np.pad(batch, ((0, pad), (0, 0), (0, 0), (0, 0)))
-    batch_labels = np.pad(labels[start:start + batch_size], (0, pad))
-    counts.append(count_correct(batch, batch_labels, valid))
-  return float(sum(int(c) for c in jax.device_get(counts))) / num_examples
 
 
 def _batch_seed(seed: int, corruption: str, severity: int, start: int) -> int:
@@ -137,25 +108,70 @@ def _markdown(report: dict) -> str:
 
 
 def plot_drops(report: dict, path) -> pathlib.Path:
-  """Bar plot of the relative drop (%) per corruption: lowest severity and mean over severities."""
-  from matplotlib.figure import Figure  # Lazy: matplotlib is slow to import.
-  names = list(report["results"])
+  """Bars of the relative drop (%) per corruption: lowest severity and mean over severities (`plots.corruption_bars`)."""
   lowest = str(report["severities"][0])
-  first = [100 * (report["relative_drop"][n][lowest] or 0.0) for n in names]
-  mean = [100 * (report["mean_relative_drop_by_corruption"][n] or 0.0) for n in names]
-  figure = Figure(figsize=(max(6.0, 0.6 * len(names) + 2), 4.0), layout="constrained")
-  axes = figure.add_subplot()
-  positions = np.arange(len(names))
-  axes.bar(positions - 0.2, first, 0.4, label=f"severity {lowest}")
-  axes.bar(positions + 0.2, mean, 0.4, label="mean over severities")
-  axes.axhline(0, color="black", linewidth=0.8)
-  axes.set_xticks(positions, [n.replace("_", " ") for n in names], rotation=40, ha="right")
-  axes.set_ylabel("relative accuracy drop (%)")
-  axes.set_title(f"Corruption robustness (clean accuracy {100 * report['clean_accuracy']:.1f}%)")
-  axes.legend()
-  path = pathlib.Path(path)
-  figure.savefig(path, dpi=120)
-  return path
+  label = f"clean accuracy {100 * report['clean_accuracy']:.1f}%"
+  first = {n: d[lowest] for n, d in report["relative_drop"].items() if d.get(lowest) is not None}
+  mean = {n: d for n, d in report["mean_relative_drop_by_corruption"].items() if d is not None}
+  return plots.corruption_bars(path, {f"severity {lowest}": {label: first}, "mean over severities": {label: mean}})
+
+
+def _check_settings(corruptions, severities, source: str):
+  if source not in SOURCES:
+    raise ValueError(f"source must be one of {SOURCES}, got {source!r}.")
+  names = [corruption_lib.check_name(n) for n in corruptions]
+  severities = sorted({corruption_lib.check_severity(s) for s in severities})
+  if not names or not severities:
+    raise ValueError("corruptions: need at least one corruption and one severity.")
+  return names, severities
+
+
+def evaluate(logits_fn: Callable, dataset, *, mesh, corruptions: Sequence[str] = corruption_lib.CORRUPTIONS,
+             severities: Sequence[int] = corruption_lib.SEVERITIES, batch_size: int = 256, seed: int = 0,
+             num_examples: int = 0, source: str = "on_the_fly", tfds_name: str = "cifar10_corrupted",
+             data_dir: Optional[str] = None, progress: bool = True) -> dict:
+  """The corruptions.json dict for `logits_fn` on the first `num_examples` (0 = all) of `dataset`.
+
+  on_the_fly: each batch is corrupted on the host as it streams (`eval.batches` transform), with its own seed
+  from (seed, corruption, severity, batch offset); tfds: the prepared `tfds_name` configs are read instead.
+  """
+  names, severities = _check_settings(corruptions, severities, source)
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
+  accuracy = functools.partial(batches.accuracy, logits_fn, batch_size=batch_size, mesh=mesh)
+  clean_accuracy = accuracy(dataset, num_examples=num_examples)
+  num_evaluated = len(batches.subset(dataset, num_examples))
+  size = batches.global_batch_size(batch_size, mesh, num_evaluated)
+  offset = jax.process_index() * (size // jax.process_count())
+  results = {name: {} for name in names}
+  combinations = [(name, s) for name in names for s in severities]
+  bar = tqdm.tqdm(combinations, desc="corruptions", unit="set", disable=not progress or jax.process_index() > 0)
+  for name, severity in bar:
+    bar.set_postfix_str(f"{name} s{severity}")
+    if source == "on_the_fly":
+      def corrupt(images, index, name=name, severity=severity):
+        return corruption_lib.apply(name, images, severity,
+                                    seed=_batch_seed(seed, name, severity, index * size + offset))
+      results[name][severity] = accuracy(dataset, num_examples=num_examples, transform=corrupt)
+    else:
+      images, labels = load_tfds_corrupted(name, severity, name=tfds_name, data_dir=data_dir)
+      corrupted = ArrayDataset(images=images, labels=labels, class_names=[str(i) for i in range(int(labels.max()) + 1)],
+                               name=f"tfds:{tfds_name}/{tfds_config_name(name, severity)}")
+      results[name][severity] = accuracy(corrupted, num_examples=num_examples)
+  report = summarise(clean_accuracy, results, severities, num_evaluated)
+  report["source"] = source if source == "on_the_fly" else f"tfds:{tfds_name}"
+  report["parameter_table"] = params.table_for_size(*dataset.image_shape[:2])
+  return report
+
+
+def write_outputs(out_dir, report: dict) -> None:
+  """corruptions.md and corruption_drop.png beside corruptions.json (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / "corruptions.md").write_text(_markdown(report))
+  plot_drops(report, out_dir / "corruption_drop.png")
 
 
 def run_corruption_stage(logits_fn: Callable, images_uint8, labels, out_dir, *,
@@ -183,14 +199,7 @@ def run_corruption_stage(logits_fn: Callable, images_uint8, labels, out_dir, *,
     The corruptions.json dict: clean_accuracy, severities, results, relative_drop,
     mean_relative_drop_by_corruption, num_examples (plus source and parameter_table).
   """
-  if source not in SOURCES:
-    raise ValueError(f"source must be one of {SOURCES}, got {source!r}.")
-  names = [corruption_lib.check_name(n) for n in corruptions]
-  severities = sorted({corruption_lib.check_severity(s) for s in severities})
-  if not names or not severities:
-    raise ValueError("run_corruption_stage: need at least one corruption and one severity.")
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
+  _check_settings(corruptions, severities, source)
   images = corruption_lib.check_images(images_uint8)
   labels = np.asarray(labels)
   if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
@@ -198,34 +207,55 @@ def run_corruption_stage(logits_fn: Callable, images_uint8, labels, out_dir, *,
                      f"{labels.dtype} {labels.shape}.")
   if len(images) == 0:
     raise ValueError("run_corruption_stage: no test images.")
-  if max_examples is not None:
-    images, labels = images[:max_examples], labels[:max_examples]
-  labels = labels.astype(np.int32)
-
-  count_correct = _correct_counter(logits_fn)
-  clean_accuracy = _accuracy(count_correct, images, labels, batch_size)
-  results = {name: {} for name in names}
-  combinations = [(name, s) for name in names for s in severities]
-  bar = tqdm.tqdm(combinations, desc="corruptions", unit="set", disable=not progress)
-  for name, severity in bar:
-    bar.set_postfix_str(f"{name} s{severity}")
-    if source == "on_the_fly":
-      def corrupt(batch, start, name=name, severity=severity):
-        return corruption_lib.apply(name, batch, severity, seed=_batch_seed(seed, name, severity, start))
-      accuracy = _accuracy(count_correct, images, labels, batch_size, corrupt)
-    else:
-      corrupted, corrupted_labels = load_tfds_corrupted(name, severity, name=tfds_name, data_dir=data_dir)
-      if max_examples is not None:
-        corrupted, corrupted_labels = corrupted[:max_examples], corrupted_labels[:max_examples]
-      accuracy = _accuracy(count_correct, corrupted, corrupted_labels, batch_size)
-    results[name][severity] = accuracy
-
-  report = summarise(clean_accuracy, results, severities, len(images))
-  report["source"] = source if source == "on_the_fly" else f"tfds:{tfds_name}"
-  report["parameter_table"] = params.table_for_size(*images.shape[1:3])
+  dataset = ArrayDataset(images=images, labels=labels, class_names=[str(i) for i in range(int(labels.max()) + 1)],
+                         name="arrays")
+  report = evaluate(logits_fn, dataset, mesh=sharding.make_mesh(), corruptions=corruptions, severities=severities,
+                    batch_size=batch_size, seed=seed, num_examples=int(max_examples or 0), source=source,
+                    tfds_name=tfds_name, data_dir=data_dir, progress=progress)
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / "corruptions.json").write_text(json.dumps(report, indent=2) + "\n")
-  (out_dir / "corruptions.md").write_text(_markdown(report))
-  plot_drops(report, out_dir / "corruption_drop.png")
+  write_outputs(out_dir, report)
   return report
+
+
+class CorruptionEvaluator:
+  """corruptions.json (+ .md, corruption_drop.png): accuracy per corruption and severity (paper Fig. 3)."""
+  name = "corruptions"
+
+  def __init__(self, config, *, mesh, **unused):
+    del unused
+    self.config, self.mesh = config, mesh
+
+  @staticmethod
+  def settings(config) -> dict:
+    c = config.corruptions
+    names = corruption_lib.CORRUPTIONS if c.names == "all" else tuple(
+        n.strip() for n in c.names.split(",") if n.strip())
+    kind, _, tfds_name = c.source.partition(":")
+    if kind not in ("on_the_fly", "tfds") or (kind == "tfds") != bool(tfds_name):
+      raise ValueError(f"config.corruptions.source={c.source!r}; use 'on_the_fly' or 'tfds:<name>' "
+                       "(e.g. 'tfds:cifar10_corrupted', prepared with `tfds build`).")
+    try:
+      severities = tuple(int(s) for s in c.severities.split(",") if s.strip())
+    except ValueError:
+      raise ValueError(f"config.corruptions.severities={c.severities!r}: comma-separated integers 1..5.") from None
+    _check_settings(names, severities, kind)
+    return {"corruptions": list(names), "severities": list(severities), "source": kind,
+            "tfds_name": tfds_name or "cifar10_corrupted", "num_examples": c.num_examples}
+
+  @classmethod
+  def check(cls, config) -> None:
+    cls.settings(config)
+
+  def spec(self) -> dict:
+    return {**self.settings(self.config), "seed": self.config.seed}
+
+  def run(self, classifier, dataset, run_dir) -> dict:
+    s = self.settings(self.config)
+    report = evaluate(classifier.logits, dataset, mesh=self.mesh, corruptions=s["corruptions"],
+                      severities=s["severities"], batch_size=self.config.eval_batch_size, seed=self.config.seed,
+                      num_examples=s["num_examples"], source=s["source"], tfds_name=s["tfds_name"],
+                      data_dir=self.config.dataset.data_dir or None)
+    write_outputs(run_dir, report)
+    return report

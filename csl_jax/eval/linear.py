@@ -1,16 +1,24 @@
-"""Linear evaluation: a linear classifier trained on frozen encoder features (standard protocol).
+"""Linear evaluation: a linear probe on frozen encoder features (standard protocol) and the evaluator that
+reports its top-1 accuracy next to the kNN monitor's.
 
 Features are extracted once (eval-mode encoder, no augmentation), standardised with the training
 statistics, and a softmax regression is trained with SGD + Nesterov momentum and a cosine schedule,
 all inside one jitted `lax.fori_loop`. The standardisation is folded back into the weights, so the
 returned head is a plain Dense layer on raw features and drops into `models.ImageClassifier`.
+`fit_or_load_head` keeps the head in <run_dir>/linear_head.npz with its provenance beside it.
 """
 import functools
+import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
+
+from csl_jax.eval import batches, knn
+from csl_jax.eval import registry
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "epochs", "batch_size"))
@@ -55,6 +63,66 @@ def train_linear_head(features, labels, num_classes: int, *, epochs: int = 100, 
   return {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}
 
 
-def head_accuracy(head, features, labels) -> float:
-  logits = np.asarray(features, np.float32) @ head["kernel"] + head["bias"]
-  return float(np.mean(np.argmax(logits, -1) == np.asarray(labels)))
+def _head_spec(config, model_fingerprint: dict) -> dict:
+  c = config.linear_eval
+  return {"model": model_fingerprint, "train_split": config.dataset.train_split, "seed": config.seed,
+          "epochs": c.epochs, "batch_size": c.batch_size, "lr": c.lr, "weight_decay": c.weight_decay}
+
+
+def fit_or_load_head(config, train_features, run_dir, *, num_classes: int, model_fingerprint: dict) -> dict:
+  """The linear probe of this run's encoder: loaded from linear_head.npz when it was fitted on the same
+  weights with the same settings, else fitted on `train_features()` (-> (f32[N, D], i32[N])) and saved."""
+  run_dir = pathlib.Path(run_dir)
+  head_path, meta_path = run_dir / "linear_head.npz", run_dir / "linear_head.json"
+  spec = json.loads(json.dumps(_head_spec(config, model_fingerprint)))
+  if head_path.exists() and meta_path.exists():
+    try:
+      if json.loads(meta_path.read_text()) == spec:
+        return dict(np.load(head_path))
+    except ValueError:
+      pass
+    logging.info("%s: refitting the linear probe (the encoder or linear_eval settings changed).", run_dir.name)
+  features, labels = train_features()
+  c = config.linear_eval
+  head = train_linear_head(features, labels, num_classes, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+                           weight_decay=c.weight_decay, seed=config.seed)
+  if jax.process_index() == 0:
+    tmp = run_dir / "linear_head.tmp.npz"
+    np.savez(tmp, **head)
+    tmp.replace(head_path)
+    registry.write_json(meta_path, spec)
+  return head
+
+
+class LinearEvaluator:
+  """linear_eval.json: top-1 of the classifier (linear probe, or the end-to-end head of CE) and kNN top-1,
+  both from one pass over the test split."""
+  name = "linear_eval"
+
+  def __init__(self, config, *, train_features, mesh, **unused):
+    del unused
+    self.config, self.train_features, self.mesh = config, train_features, mesh
+
+  def spec(self) -> dict:
+    c = self.config.linear_eval
+    return {"knn_k": c.knn_k, "knn_temperature": c.knn_temperature, "train_split": self.config.dataset.train_split}
+
+  def run(self, classifier, dataset, run_dir) -> dict:
+    features, labels = self.train_features()
+    bank = knn.make_bank(features, labels, num_classes=classifier.num_classes, k=self.config.linear_eval.knn_k,
+                         temperature=self.config.linear_eval.knn_temperature)
+
+    @jax.jit
+    def counts(images, labels, mask):
+      x = batches.to_unit_floats(images)
+      knn_ok = (knn.predict(bank, classifier.features(x)) == labels) & mask
+      return jnp.stack([batches.count_correct(classifier.logits(x), labels, mask), jnp.sum(knn_ok, dtype=jnp.int32),
+                        jnp.sum(mask, dtype=jnp.int32)])
+
+    totals = np.zeros(3, np.int64)
+    for batch in batches.eval_batches(dataset, self.config.eval_batch_size, mesh=self.mesh):
+      totals += np.asarray(jax.device_get(counts(batch.images, batch.labels, batch.mask)))
+    top1, knn_top1 = totals[0] / totals[2], totals[1] / totals[2]
+    logging.info("%s: linear top-1 %.2f%%, kNN top-1 %.2f%%", pathlib.Path(run_dir).name, 100 * top1, 100 * knn_top1)
+    return {"top1": float(top1), "knn_top1": float(knn_top1), "protocol": classifier.fingerprint.get("head", "linear"),
+            "num_test": int(totals[2])}

@@ -5,6 +5,8 @@ The attack list is one string so it can be overridden from the command line, e.g
 Each entry is `name:norm:eps[:key=value...]` (eps may be a fraction "a/b"; options are keyword
 arguments of the attack, e.g. `pgd:linf:8/255:steps=10`). Outputs, in `out_dir` (see the runs contract):
 robustness.json, robustness.md (table with ↓P_drop, paper Eq. 3) and robustness_vs_eps.png.
+`RobustnessEvaluator` is the pipeline's evaluator (any split, streamed too); `run_robustness_stage` the
+same on in-memory arrays.
 """
 import dataclasses
 import functools
@@ -18,7 +20,11 @@ import jax
 import numpy as np
 
 from csl_jax import attacks
-from csl_jax.analysis.report_tables import p_drop
+from csl_jax.analysis import plots
+from csl_jax.analysis.report_tables import attack_family, p_drop
+from csl_jax.data.dataset import ArrayDataset
+from csl_jax.eval import batches as eval_batches
+from csl_jax.train import sharding
 
 NORMS = ("linf", "l2", "l1")
 # name -> norms the attack supports.
@@ -111,17 +117,17 @@ def parse_attacks(spec: str) -> List[AttackSpec]:
   return parsed
 
 
-def run_attack(spec: AttackSpec, logits_fn, images, labels, *, batch_size, key, mesh=None) -> float:
-  """Robust accuracy of one attack over the set (per-example worst case for AutoAttack)."""
+def run_attack(spec: AttackSpec, logits_fn, images, labels, *, batch_size, key, mesh=None) -> np.ndarray:
+  """bool[N]: the points still correctly classified after attack `spec` (per-point worst case for AutoAttack)."""
   if spec.name == "autoattack":
     result = attacks.run_autoattack(logits_fn, images, labels, eps=spec.eps, norm=spec.norm, key=key,
                                     batch_size=batch_size, mesh=mesh, progress=True, **spec.options)
-    return float(np.mean(result.robust))
+    return np.asarray(result.robust)
   attack_fn = functools.partial(_attack_function(spec.name), logits_fn, eps=spec.eps, norm=spec.norm,
                                 **spec.options)
-  accuracy, _ = attacks.robust_accuracy(attack_fn, logits_fn, images, labels, batch_size=batch_size, mesh=mesh,
-                                        desc=spec.text, key=key)
-  return accuracy
+  _, robust = attacks.robust_accuracy(attack_fn, logits_fn, images, labels, batch_size=batch_size, mesh=mesh,
+                                      desc=spec.text, key=key)
+  return np.asarray(robust)
 
 
 def write_markdown(path, result: Dict[str, Any]) -> None:
@@ -136,66 +142,103 @@ def write_markdown(path, result: Dict[str, Any]) -> None:
   pathlib.Path(path).write_text("\n".join(lines) + "\n")
 
 
-def plot_vs_eps(path, result: Dict[str, Any]) -> None:
-  """robustness_vs_eps.png: one panel per norm (ε scales differ), one line per attack, clean at ε = 0."""
-  import matplotlib  # noqa: PLC0415 (plotting is optional for library users)
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
+def summarise(specs, clean: np.ndarray, robust: List[np.ndarray], seconds: List[float]) -> Dict[str, Any]:
+  """The robustness.json dict from per-point flags: clean bool[N], robust[i] bool[N] per attack spec."""
+  clean_accuracy = float(np.mean(clean))
+  rows = []
+  for spec, flags, secs in zip(specs, robust, seconds):
+    accuracy = float(np.mean(flags & clean))  # a point misclassified without attack never counts as robust
+    rows.append({"attack": spec.name, "norm": spec.norm, "eps": spec.eps, "eps_label": spec.eps_label,
+                 "robust_accuracy": accuracy, "p_drop": p_drop(clean_accuracy, accuracy) if clean_accuracy > 0 else None,
+                 "seconds": secs, "spec": spec.text})
+  return {"clean_accuracy": clean_accuracy, "num_examples": int(len(clean)), "attacks": rows}
 
-  norms = [n for n in NORMS if any(row["norm"] == n for row in result["attacks"])]
-  fig, axes = plt.subplots(1, len(norms), figsize=(4.5 * len(norms), 3.6), squeeze=False)
-  for ax, norm in zip(axes[0], norms):
-    families = sorted({row["attack"] for row in result["attacks"] if row["norm"] == norm})
-    for attack in families:
-      rows = sorted((r for r in result["attacks"] if r["norm"] == norm and r["attack"] == attack),
-                    key=lambda r: r["eps"])
-      eps = [0.0] + [r["eps"] for r in rows]
-      acc = [100 * result["clean_accuracy"]] + [100 * r["robust_accuracy"] for r in rows]
-      ax.plot(eps, acc, marker="o", label=attack)
-    ax.set_xlabel(f"ε ({NORM_LABELS[norm]})")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+
+def write_outputs(out_dir, result: Dict[str, Any]) -> None:
+  """robustness.md and robustness_vs_eps.png beside robustness.json (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  write_markdown(out_dir / "robustness.md", result)
+  families = {}
+  for row in result["attacks"]:
+    family = attack_family(row["attack"], row["norm"], ":".join(row["spec"].split(":")[3:]))
+    scale = 255.0 if row["norm"] == "linf" else 1.0
+    points = families.setdefault(family, {}).setdefault("robust accuracy", [(0.0, result["clean_accuracy"])])
+    points.append((row["eps"] * scale, row["robust_accuracy"]))
+  plots.robustness_curves(out_dir / "robustness_vs_eps.png", families,
+                          {f: "ε × 255" if "ℓ∞" in f else "ε" for f in families})
+
+
+def evaluate(logits_fn, dataset, *, attacks_spec: str, batch_size: int, seed: int, mesh, num_examples: int = 0,
+             chunk_size: int = 0) -> Dict[str, Any]:
+  """Clean and robust accuracy of `logits_fn` on the first `num_examples` of `dataset` (in-memory or streamed).
+
+  The set is read in chunks of `chunk_size` examples (default 4 batches) through `eval.batches`; each attack
+  runs on a chunk with key fold_in(fold_in(PRNGKey(seed), attack index), chunk index).
+  """
+  specs = parse_attacks(attacks_spec)
+  chunk_size = chunk_size or 4 * batch_size
+  base_key = jax.random.PRNGKey(seed)
+  clean, robust, seconds = [], [[] for _ in specs], [0.0] * len(specs)
+  for chunk in eval_batches.eval_batches(dataset, chunk_size, mesh=mesh, num_examples=num_examples):
+    images, labels = eval_batches.gather(chunk.images, chunk.mask), eval_batches.gather(chunk.labels, chunk.mask)
+    _, ok = attacks.clean_accuracy(logits_fn, images, labels, batch_size=batch_size, mesh=mesh)
+    clean.append(np.asarray(ok))
+    for i, spec in enumerate(specs):
+      start = time.perf_counter()
+      key = jax.random.fold_in(jax.random.fold_in(base_key, i), chunk.index)
+      robust[i].append(run_attack(spec, logits_fn, images, labels, batch_size=batch_size, key=key, mesh=mesh))
+      seconds[i] += time.perf_counter() - start
+  return summarise(specs, np.concatenate(clean), [np.concatenate(r) for r in robust], seconds)
 
 
 def run_robustness_stage(logits_fn, images, labels, out_dir, *, attacks_spec: str, batch_size: int, seed: int,
                          mesh=None, max_examples=None) -> Dict[str, Any]:
-  """Evaluates clean and robust accuracy for every attack in `attacks_spec`; writes the stage's files.
+  """`evaluate` on in-memory arrays; writes robustness.json / .md / _vs_eps.png into `out_dir`.
 
   Args:
     logits_fn: jittable f32[B, H, W, C] in [0, 1] -> f32[B, K] (the model normalises inside).
-    images: uint8[N, H, W, C] or f32 in [0, 1]; labels: int[N].
-    out_dir: run directory; robustness.json / .md / _vs_eps.png are written there.
+    images: uint8[N, H, W, C]; labels: int[N].
     attacks_spec: comma-separated "name:norm:eps[:key=value...]" list (see module docstring).
-    batch_size: examples per attack call; seed: PRNG seed (attack i uses fold_in(PRNGKey(seed), i)).
-    mesh: optional Mesh with a "data" axis to shard batches over. max_examples: evaluate the first N only.
-  Returns:
-    The robustness.json dict.
+    batch_size: examples per attack call; seed: PRNG seed. mesh: Mesh with a data axis (default: all devices).
+    max_examples: evaluate the first N only.
   """
-  specs = parse_attacks(attacks_spec)  # fail on a bad spec before any work
   images, labels = np.asarray(images), np.asarray(labels)
   if images.shape[0] != labels.shape[0]:
     raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels; pass one label per image.")
-  if max_examples is not None:
-    images, labels = images[:int(max_examples)], labels[:int(max_examples)]
+  dataset = ArrayDataset(images=images, labels=labels, class_names=[str(i) for i in range(int(labels.max()) + 1)],
+                         name="arrays")
+  result = evaluate(logits_fn, dataset, attacks_spec=attacks_spec, batch_size=batch_size, seed=seed,
+                    mesh=mesh or sharding.make_mesh(), num_examples=int(max_examples or 0))
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  clean, _ = attacks.clean_accuracy(logits_fn, images, labels, batch_size=batch_size, mesh=mesh)
-  rows = []
-  base_key = jax.random.PRNGKey(seed)
-  for i, spec in enumerate(specs):
-    start = time.perf_counter()
-    robust = run_attack(spec, logits_fn, images, labels, batch_size=batch_size, key=jax.random.fold_in(base_key, i),
-                        mesh=mesh)
-    rows.append({"attack": spec.name, "norm": spec.norm, "eps": spec.eps, "eps_label": spec.eps_label,
-                 "robust_accuracy": robust, "p_drop": p_drop(clean, robust) if clean > 0 else None,
-                 "seconds": time.perf_counter() - start, "spec": spec.text})
-  result = {"clean_accuracy": clean, "num_examples": int(images.shape[0]), "attacks": rows}
   (out_dir / "robustness.json").write_text(json.dumps(result, indent=2))
-  write_markdown(out_dir / "robustness.md", result)
-  plot_vs_eps(out_dir / "robustness_vs_eps.png", result)
+  write_outputs(out_dir, result)
   return result
+
+
+class RobustnessEvaluator:
+  """robustness.json (+ .md, robustness_vs_eps.png): clean and robust accuracy per attack (Tables 1, 4, 5)."""
+  name = "robustness"
+
+  def __init__(self, config, *, mesh, **unused):
+    del unused
+    self.config, self.mesh = config, mesh
+
+  @staticmethod
+  def check(config) -> None:
+    parse_attacks(config.robustness.attacks)
+
+  def spec(self) -> dict:
+    c = self.config.robustness
+    return {"attacks": [s.text for s in parse_attacks(c.attacks)], "num_examples": c.num_examples,
+            "batch_size": c.batch_size, "seed": self.config.seed}
+
+  def run(self, classifier, dataset, run_dir) -> dict:
+    c = self.config.robustness
+    result = evaluate(classifier.logits, dataset, attacks_spec=c.attacks, batch_size=c.batch_size,
+                      seed=self.config.seed, mesh=self.mesh, num_examples=c.num_examples)
+    write_outputs(run_dir, result)
+    return result

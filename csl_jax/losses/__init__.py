@@ -2,14 +2,14 @@
 
 The contrastive losses share one row-wise core (`contrastive.anchor_rows` + per-loss row functions);
 `sharded.make_sharded_loss` runs that core on each device's anchors against the all-gathered global batch.
-Note: `losses.fnc` is the FNC loss function, which shadows the submodule of the same name; reach the
-module's helpers with `from csl_jax.losses.fnc import fnc_mask` (a full module path import still works).
+Modules: `contrastive` (row core, NT-Xent, SupCon, cross-entropy), `cancellation` (Adaptive FNC and FNC),
+`schedules` (rho), `sharded` (global-batch losses; `sharded.LOSSES` maps a loss name to its functions).
 """
+from csl_jax.losses.cancellation import adaptive_fnc
+from csl_jax.losses.cancellation import fnc
 from csl_jax.losses.contrastive import cross_entropy
 from csl_jax.losses.contrastive import nt_xent
 from csl_jax.losses.contrastive import supcon
-from csl_jax.losses.fnc import adaptive_fnc
-from csl_jax.losses.fnc import fnc
 from csl_jax.losses.schedules import rho_schedule
 from csl_jax.losses.sharded import make_sharded_loss
 

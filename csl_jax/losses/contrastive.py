@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 # Logit given to masked-out columns. Large and negative so exp() underflows to exactly 0, but finite,
@@ -52,11 +53,22 @@ def l2_normalize(z):
 
 
 def check_views(z1, z2, labels=None, *, what: str = "loss"):
-  """Raises ValueError unless z1, z2 are [N, D] floating arrays of equal shape and labels is int[N]."""
+  """Raises ValueError unless z1, z2 are [N, D] floating arrays of equal shape and labels is int[N].
+
+  Also rejects N < 2 (with one image each anchor has only itself and its positive: no negative, and the
+  loss would be a meaningless constant 0; N = 0 would be a NaN mean) and D = 0 (no direction to compare).
+  Shapes are static, so this works under jax.jit too.
+  """
   z1_shape, z2_shape = jnp.shape(z1), jnp.shape(z2)
   if len(z1_shape) != 2 or z1_shape != z2_shape:
     raise ValueError(f"{what}: expected two views z1, z2 of the same shape [N, D] (one row per image); "
                      f"got z1 {z1_shape} and z2 {z2_shape}. Flatten features to [N, D] first.")
+  if z1_shape[0] < 2:
+    raise ValueError(f"{what}: a contrastive loss needs N >= 2 images so every anchor has a negative "
+                     f"(N = 1 has none); got z1 {z1_shape} and z2 {z2_shape}.")
+  if z1_shape[1] == 0:
+    raise ValueError(f"{what}: embeddings have dimension D = 0 (z1 {z1_shape}, z2 {z2_shape}); "
+                     "expected [N, D] with D >= 1.")
   for name, z in (("z1", z1), ("z2", z2)):
     if not jnp.issubdtype(jnp.result_type(z), jnp.floating):
       raise ValueError(f"{what}: {name} must be a floating array, got dtype {jnp.result_type(z)}.")
@@ -143,8 +155,8 @@ def nt_xent(z1, z2, *, temperature=0.5):
   """NT-Xent / InfoNCE of SimCLR (Chen et al. 2020a; the paper's Eq. 1) over the 2N views of a batch.
 
   Args:
-    z1, z2: f32/bf16[N, D] projections of the two augmented views of the same N images (not necessarily
-      normalised; normalised here).
+    z1, z2: f32/bf16[N, D] projections of the two augmented views of the same N >= 2 images (not
+      necessarily normalised; normalised here), D >= 1.
     temperature: tau > 0.
 
   Returns:
@@ -159,7 +171,7 @@ def supcon(z1, z2, labels, *, temperature=0.1):
   """Supervised contrastive loss L_out (Khosla et al. 2020) over the 2N views of a batch.
 
   Args:
-    z1, z2: f32/bf16[N, D] projections of the two views.
+    z1, z2: f32/bf16[N, D] projections of the two views, N >= 2, D >= 1.
     labels: int[N] class of each image (both of its views share it).
     temperature: tau > 0.
 
@@ -173,12 +185,39 @@ def supcon(z1, z2, labels, *, temperature=0.1):
   return jnp.mean(supcon_rows(rows, temperature=temperature))
 
 
+def _check_labels_in_range(labels, num_classes: int):
+  """Raises ValueError naming the entries of concrete int labels outside [0, num_classes)."""
+  labels = np.asarray(labels)
+  bad = (labels < 0) | (labels >= num_classes)
+  if np.any(bad):
+    values = np.unique(labels[bad])
+    shown = ", ".join(str(v) for v in values[:10]) + (", ..." if values.size > 10 else "")
+    raise ValueError(f"cross_entropy: labels must be class ids in [0, {num_classes}) for logits with "
+                     f"{num_classes} classes; got out-of-range values [{shown}] at {int(np.sum(bad))} of "
+                     f"{labels.size} positions.")
+
+
 def cross_entropy(logits, labels):
-  """Mean softmax cross-entropy: logits f32/bf16[B, C], labels int[B] in [0, C) -> f32[] (computed in f32)."""
+  """Mean softmax cross-entropy: logits f32/bf16[B, C], labels int[B] in [0, C) -> f32[] (computed in f32).
+
+  Out-of-range labels never give a plausible number (optax alone returns NaN for labels >= C and a finite,
+  wrong loss for negative ones): concrete labels (an eager call) outside [0, C) raise ValueError naming the
+  offending values; traced labels (inside jax.jit, e.g. the train step) cannot be inspected, so the loss is
+  NaN when any label is out of range (with zero gradient) and the training loop's non-finite-loss guard
+  stops the run.
+  """
   if jnp.ndim(logits) != 2 or jnp.shape(labels) != jnp.shape(logits)[:1]:
     raise ValueError(f"cross_entropy: expected logits [B, C] and integer labels [B]; got logits "
                      f"{jnp.shape(logits)} and labels {jnp.shape(labels)}.")
   if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
     raise ValueError(f"cross_entropy: labels must be integer class ids, got dtype {jnp.result_type(labels)}. "
                      "For one-hot or soft targets use optax.softmax_cross_entropy.")
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels))
+  batch_size, num_classes = jnp.shape(logits)
+  if batch_size == 0 or num_classes == 0:
+    raise ValueError(f"cross_entropy: need B >= 1 examples and C >= 1 classes; got logits {jnp.shape(logits)}.")
+  if not isinstance(labels, jax.core.Tracer):
+    _check_labels_in_range(labels, num_classes)
+  in_range = (labels >= 0) & (labels < num_classes)
+  safe_labels = jnp.where(in_range, labels, 0)  # finite per-example terms, so the gradient stays finite
+  per_example = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe_labels)
+  return jnp.where(jnp.all(in_range), jnp.mean(per_example), jnp.nan)

@@ -10,6 +10,9 @@ of all_gather is a reduce-scatter, so each device receives the gradient that oth
 to its embeddings.
 """
 import inspect
+from typing import Callable
+from typing import Literal
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,40 +20,52 @@ from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from csl_jax.losses import cancellation
 from csl_jax.losses import contrastive
-# Names, not the module: `csl_jax.losses.fnc` is the public function fnc, which shadows the submodule.
-from csl_jax.losses.fnc import adaptive_fnc
-from csl_jax.losses.fnc import adaptive_fnc_rows
-from csl_jax.losses.fnc import cancellation_stats
-from csl_jax.losses.fnc import check_rho
-from csl_jax.losses.fnc import check_top_k
-from csl_jax.losses.fnc import fnc
-from csl_jax.losses.fnc import fnc_rows
 
-# Public single-device loss of each name: the source of the keyword arguments and their defaults.
-_PUBLIC_LOSSES = {
-    "nt_xent": contrastive.nt_xent,
-    "supcon": contrastive.supcon,
-    "adaptive_fnc": adaptive_fnc,
-    "fnc": fnc,
+
+class LossSpec(NamedTuple):
+  """What make_sharded_loss needs to know about one contrastive loss.
+
+  public: the single-device loss (`csl_jax.losses.<name>`); its keyword-only arguments (labels excluded)
+    and their defaults are the loss's hyper-parameters.
+  rows: (AnchorRows, **hyper[, rho=]) -> (f32[B] per-anchor losses, dict of int32 counts, {} if none).
+  labels: "required" (the loss uses them), "optional" (stats only) or "ignored" (dropped before the loss).
+  takes_rho: whether the loss takes the (possibly traced) per-call threshold rho.
+  check: optional check(hyper, num_images=None) raising ValueError for bad hyper-parameters; called once
+    at build time without num_images and on every call with the global batch size N.
+  """
+  public: Callable
+  rows: Callable
+  labels: Literal["required", "optional", "ignored"]
+  takes_rho: bool
+  check: Callable | None = None
+
+
+def _without_counts(row_fn):
+  """Wraps a row function returning f32[B] into one returning (f32[B], {}) (no cancellation stats)."""
+  return lambda rows, **hyper: (row_fn(rows, **hyper), {})
+
+
+def _check_fnc(hyper: dict, num_images: int | None = None):
+  """FNC's threshold is a scalar, not NaN; top_k sets a static shape: a Python int in [1, 2N - 2]."""
+  cancellation.check_rho(hyper["threshold"], name="threshold")
+  cancellation.check_top_k(hyper["top_k"], num_images)
+
+
+# Loss name -> LossSpec. Also the place to look up the public single-device function of a loss name.
+LOSSES = {
+    "nt_xent": LossSpec(contrastive.nt_xent, _without_counts(contrastive.nt_xent_rows), "ignored", False),
+    "supcon": LossSpec(contrastive.supcon, _without_counts(contrastive.supcon_rows), "required", False),
+    "adaptive_fnc": LossSpec(cancellation.adaptive_fnc, cancellation.adaptive_fnc_rows, "optional", True),
+    "fnc": LossSpec(cancellation.fnc, cancellation.fnc_rows, "optional", False, _check_fnc),
 }
 
 
 def _loss_defaults(name: str) -> dict:
   """Keyword hyper-parameters of the public loss `name` with their defaults (labels excluded)."""
-  parameters = inspect.signature(_PUBLIC_LOSSES[name]).parameters.values()
+  parameters = inspect.signature(LOSSES[name].public).parameters.values()
   return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "labels"}
-
-
-def _row_losses(name: str, rows: contrastive.AnchorRows, rho, hyper: dict):
-  """(f32[B] per-anchor losses, int32 counts) of loss `name` on a block of anchor rows."""
-  if name == "nt_xent":
-    return contrastive.nt_xent_rows(rows, **hyper), {}
-  if name == "supcon":
-    return contrastive.supcon_rows(rows, **hyper), {}
-  if name == "adaptive_fnc":
-    return adaptive_fnc_rows(rows, temperature=hyper["temperature"], rho=rho)
-  return fnc_rows(rows, **hyper)
 
 
 def _local_loss(z1, z2, labels, rho, *, name, hyper, axis_name, num_devices):
@@ -62,19 +77,20 @@ def _local_loss(z1, z2, labels, rho, *, name, hyper, axis_name, num_devices):
   offset = jax.lax.axis_index(axis_name) * num_local
   rows = contrastive.anchor_rows(z1, z2, z1_all, z2_all, row_offset=offset, labels_rows=labels,
                                  labels_all=labels_all)
-  per_anchor, counts = _row_losses(name, rows, rho, hyper)
+  spec = LOSSES[name]
+  per_anchor, counts = spec.rows(rows, **hyper, rho=rho) if spec.takes_rho else spec.rows(rows, **hyper)
   num_anchors = 2 * num_local * num_devices
   loss = jax.lax.psum(jnp.sum(per_anchor), axis_name) / num_anchors
   if not counts:
     return loss, {}
-  return loss, cancellation_stats(jax.lax.psum(counts, axis_name), num_anchors)
+  return loss, cancellation.cancellation_stats(jax.lax.psum(counts, axis_name), num_anchors)
 
 
 def make_sharded_loss(name: str, mesh: jax.sharding.Mesh, *, axis_name: str = "data", **loss_kwargs):
   """Builds the global-batch version of a contrastive loss for a data-parallel mesh.
 
   Args:
-    name: "nt_xent", "supcon", "adaptive_fnc" or "fnc".
+    name: "nt_xent", "supcon", "adaptive_fnc" or "fnc" (the keys of LOSSES).
     mesh: a jax.sharding.Mesh with an axis `axis_name` over which the batch is sharded (other mesh axes,
       if any, see the batch replicated).
     axis_name: the data-parallel mesh axis.
@@ -89,19 +105,20 @@ def make_sharded_loss(name: str, mesh: jax.sharding.Mesh, *, axis_name: str = "d
     supcon, and the same dict as the single-device FNC losses otherwise. Call it inside jax.jit (the train
     step); on a mesh with Explicit axes, eager jax.grad of it also needs `with jax.set_mesh(mesh):`.
   """
-  if name not in _PUBLIC_LOSSES:
-    raise ValueError(f"make_sharded_loss: unknown loss {name!r}; expected one of {sorted(_PUBLIC_LOSSES)}.")
+  if name not in LOSSES:
+    raise ValueError(f"make_sharded_loss: unknown loss {name!r}; expected one of {sorted(LOSSES)}.")
   if axis_name not in mesh.axis_names:
     raise ValueError(f"make_sharded_loss: mesh has axes {mesh.axis_names}, no data axis {axis_name!r}. "
                      "Build the mesh with that axis name or pass axis_name=.")
+  spec = LOSSES[name]
   hyper = _loss_defaults(name)
   unknown = set(loss_kwargs) - set(hyper)
   if unknown:
     raise ValueError(f"make_sharded_loss: {name} takes {sorted(hyper)}, got unexpected {sorted(unknown)}.")
   hyper.update(loss_kwargs)
   contrastive.check_temperature(hyper["temperature"])
-  if name == "fnc":
-    check_top_k(hyper["top_k"])
+  if spec.check is not None:
+    spec.check(hyper)
   default_rho = hyper.pop("rho", None)
   num_devices = mesh.shape[axis_name]
   explicit_axis = mesh.axis_types[mesh.axis_names.index(axis_name)] == AxisType.Explicit
@@ -111,16 +128,18 @@ def make_sharded_loss(name: str, mesh: jax.sharding.Mesh, *, axis_name: str = "d
     if z1.shape[0] % num_devices:
       raise ValueError(f"sharded {name}: batch size {z1.shape[0]} is not divisible by the {num_devices} "
                        f"devices of mesh axis {axis_name!r}; use a global batch that is a multiple of it.")
-    if name == "supcon" and labels is None:
-      raise ValueError("sharded supcon needs labels: call fn(z1, z2, labels).")
-    if name == "nt_xent":
-      labels = None  # SimCLR is self-supervised: labels in the batch are simply not used.
-    if rho is not None and name != "adaptive_fnc":
+    if spec.check is not None:
+      spec.check(hyper, z1.shape[0])
+    if spec.labels == "required" and labels is None:
+      raise ValueError(f"sharded {name} needs labels: call fn(z1, z2, labels).")
+    if spec.labels == "ignored":
+      labels = None  # e.g. SimCLR is self-supervised: labels in the batch are simply not used.
+    if rho is not None and not spec.takes_rho:
       raise ValueError(f"sharded {name}: rho is the Adaptive FNC threshold; {name} takes no rho "
                        "(FNC's fixed threshold is make_sharded_loss('fnc', ..., threshold=...)).")
     rho = default_rho if rho is None else rho
-    if name == "adaptive_fnc":
-      check_rho(rho)
+    if spec.takes_rho:
+      cancellation.check_rho(rho)
       rho = jnp.asarray(rho, jnp.float32)
 
     # shard_map takes no None leaves with a PartitionSpec, so the optional inputs travel in a dict.

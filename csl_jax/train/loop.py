@@ -1,13 +1,16 @@
 """The pretraining loop: build, restore, step, log, checkpoint. Reads top to bottom.
 
-`pretrain` trains one run (SimCLR / SupCon / FNC / Adaptive FNC / cross-entropy) in `run_dir` and
-returns the trained model and variables. Re-running it resumes from the newest readable checkpoint;
-a finished run returns immediately.
+`pretrain` trains one run of any registry method (`csl_jax.methods`) in `run_dir` and returns the trained
+model, its variables and the step they belong to. Re-running it resumes from the newest readable checkpoint;
+a finished run returns immediately. Nothing here knows a method by name: the registry entry builds the model
+and the step.
 """
+import dataclasses
 import functools
 import json
 import pathlib
 import time
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -15,70 +18,42 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from csl_jax import data, losses, models
-from csl_jax.data import augment
-from csl_jax.train import checkpoint, optim, sharding, step as step_lib
+from csl_jax.train import checkpoint, optim, sharding
 from csl_jax.train.state import create_train_state
 
-_LOSS_NAMES = {"simclr": "nt_xent", "supcon": "supcon", "fnc": "fnc", "afnc": "adaptive_fnc"}
 
-
-class PreemptedForTest(RuntimeError):
-  """Raised by `pretrain(..., interrupt_at=s)`: simulates a kill after step s (tests only)."""
-
-
-def build_model(config, method: str, num_classes: int, mean, std):
-  """ContrastiveModel for contrastive methods, ImageClassifier for cross-entropy."""
-  encoder = models.get_encoder(config.model.encoder, dtype=jnp.dtype(config.model.dtype))
-  if method == "ce":
-    return models.ImageClassifier(encoder=encoder, num_classes=num_classes, mean=mean, std=std)
-  head = models.ProjectionHead(hidden_dim=config.model.projection_hidden_dim, out_dim=config.model.projection_dim)
-  return models.ContrastiveModel(encoder=encoder, projection=head, mean=mean, std=std)
-
-
-def make_loss_fn(config, method: str, mesh):
-  """(z1, z2, labels, rho) -> (loss, stats), negatives from the global batch."""
-  kwargs = {"temperature": config.loss.supcon_temperature if method == "supcon" else config.loss.temperature}
-  if method == "fnc":
-    kwargs.update(threshold=config.loss.fnc_threshold, top_k=config.loss.fnc_top_k)
-  sharded = losses.make_sharded_loss(_LOSS_NAMES[method], mesh, axis_name=sharding.DATA_AXIS, **kwargs)
-  if method == "afnc":
-    return lambda z1, z2, labels, rho: sharded(z1, z2, labels=labels, rho=rho)
-  return lambda z1, z2, labels, rho: sharded(z1, z2, labels=labels)
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+  """The result of `pretrain`: the model, its {"params", "batch_stats"} and the training step they are from."""
+  model: Any
+  variables: dict
+  step: int
 
 
 def training_length(config, num_examples: int):
   """(steps_per_epoch, total_steps) for the configured epochs or num_steps."""
   steps_per_epoch = max(num_examples // config.pretrain.batch_size, 1)
-  total = config.pretrain.num_steps or int(config.pretrain.epochs * steps_per_epoch)
+  total = config.pretrain.num_steps or int(round(config.pretrain.epochs * steps_per_epoch))
+  if total <= 0:
+    raise ValueError(f"No training steps: pretrain.epochs={config.pretrain.epochs} x {steps_per_epoch} steps per "
+                     f"epoch rounds to {total}. Raise --config.pretrain.epochs or set --config.pretrain.num_steps.")
   return steps_per_epoch, total
 
 
-def make_train_step(config, method, model, tx, lr_fn, mesh, image_size, total_steps):
-  if method == "ce":
-    augment_fn = functools.partial(augment.supervised, out_size=image_size)
-    fn = functools.partial(step_lib.supervised_step, model=model, tx=tx, augment_fn=augment_fn, lr_fn=lr_fn)
-  else:
-    if method == "afnc":
-      rho_fn = losses.rho_schedule(rho_initial=config.loss.rho_initial, rho_final=config.loss.rho_final,
-                                   total_steps=total_steps, kind=config.loss.rho_schedule)
-    else:
-      rho_fn = lambda step: jnp.zeros((), jnp.float32)
-    fn = functools.partial(step_lib.contrastive_step, model=model, tx=tx, loss_fn=make_loss_fn(config, method, mesh),
-                           augment_fn=step_lib.simclr_augment_fn(config, image_size), rho_fn=rho_fn, lr_fn=lr_fn)
+def make_train_step(method, config, model, tx, lr_fn, mesh, image_size: int, total_steps: int):
+  """The registry method's pure step, jitted with the batch sharded over the mesh and the state donated."""
+  fn = method.family.train_step(method, config, model, tx, lr_fn, mesh, image_size, total_steps)
   repl, batch_sharding = sharding.replicated(mesh), sharding.data_sharding(mesh)
   return jax.jit(fn, in_shardings=(repl, batch_sharding, repl), out_shardings=(repl, repl), donate_argnums=(0,))
 
 
-def summarise(metric_sums, count: int, method: str) -> dict:
+def summarise(metric_sums, count: int) -> dict:
   """Interval means of the step metrics; cancellation precision/recall as ratios of summed counts."""
   sums = {k: float(v) for k, v in jax.device_get(metric_sums).items()}
   out = {k: v / count for k, v in sums.items() if not k.startswith("num_") and not k.startswith("cancel_")}
   if "num_cancelled" in sums and "num_true_cancelled" in sums:
     out["cancel_precision"] = sums["num_true_cancelled"] / max(sums["num_cancelled"], 1e-12)
     out["cancel_recall"] = sums["num_true_cancelled"] / max(sums.get("num_same_class_negatives", 0.0), 1e-12)
-  if method != "afnc":
-    out.pop("rho", None)
   return out
 
 
@@ -95,14 +70,29 @@ def _truncate_jsonl(path, *, after_step: int):
   path.write_text("".join(line + "\n" for line in kept))
 
 
-def pretrain(config, method: str, run_dir, train_ds, *, mesh=None, interrupt_at=None):
-  """Trains `method` on `train_ds` (a `data` dataset) in `run_dir`; returns (model, variables)."""
+def _diverged(run_dir, step: int, what: str, last_saved: int) -> FloatingPointError:
+  kept = (f"The newest finite checkpoint (step {last_saved}) is kept in {run_dir / 'checkpoints'}"
+          if last_saved else "No checkpoint was written")
+  return FloatingPointError(
+      f"{run_dir.name}: {what} at step {step}; nothing from that state was saved. {kept}. Lower --config.optim.lr "
+      "or enable --config.optim.grad_clip and re-run to resume from it.")
+
+
+def pretrain(config, method, run_dir, train_ds, *, mean, std, mesh=None,
+             on_step: Optional[Callable[[int], None]] = None, stored_config: Optional[dict] = None) -> Pretrained:
+  """Trains registry `method` on `train_ds` (a `data` dataset) in `run_dir`.
+
+  mean, std: per-channel input statistics the model normalises with (`data.channel_stats`).
+  on_step: called with each finished step number after its checkpoint (if any) is written — e.g. to
+    stop a run at a given step (tests simulate preemption by raising from it).
+  stored_config: the config this run directory was trained with (run.json), so a checkpoint that does not fit
+    the model is reported as "trained with model.x=a, the config says b" rather than as corruption.
+  """
   run_dir = pathlib.Path(run_dir)
   mesh = mesh or sharding.make_mesh()
   sharding.check_batch_size(config.pretrain.batch_size, mesh)
   image_size = train_ds.image_shape[0]
-  mean, std = data.channel_stats(config.dataset.source)
-  model = build_model(config, method, train_ds.num_classes, mean, std)
+  model = method.family.build_model(config, train_ds.num_classes, mean, std)
   steps_per_epoch, total_steps = training_length(config, train_ds.num_examples)
   lr_fn = optim.learning_rate_schedule(config, config.pretrain.batch_size, steps_per_epoch, total_steps)
   tx = optim.make_optimizer(config, lr_fn)
@@ -112,7 +102,8 @@ def pretrain(config, method: str, run_dir, train_ds, *, mesh=None, interrupt_at=
   state = jax.jit(functools.partial(create_train_state, model, tx), out_shardings=sharding.replicated(mesh))(
       init_key, sample)
   mngr = checkpoint.manager(run_dir / "checkpoints", max_to_keep=config.pretrain.keep_checkpoints)
-  restored, start_step = checkpoint.restore_latest(mngr, checkpoint.abstract_like(state))
+  describe = lambda: checkpoint.describe_config_change(stored_config, config.to_dict())
+  restored, start_step = checkpoint.restore_latest(mngr, checkpoint.abstract_like(state), describe_mismatch=describe)
   if restored is not None:
     state = restored
     logging.info("%s: resumed from checkpoint at step %d / %d.", run_dir.name, start_step, total_steps)
@@ -121,18 +112,22 @@ def pretrain(config, method: str, run_dir, train_ds, *, mesh=None, interrupt_at=
 
   variables = lambda s: {"params": s.params, "batch_stats": s.batch_stats}
   if start_step >= total_steps:
-    return model, variables(state)
+    if start_step > total_steps:
+      logging.warning("%s: the newest checkpoint is at step %d, past the configured %d steps; using it as is "
+                      "(use a fresh workdir to train a shorter run).", run_dir.name, start_step, total_steps)
+    return Pretrained(model, variables(state), start_step)
 
-  train_step = make_train_step(config, method, model, tx, lr_fn, mesh, image_size, total_steps)
+  train_step = make_train_step(method, config, model, tx, lr_fn, mesh, image_size, total_steps)
   step_key = sharding.replicate(step_key, mesh)
   writer = metric_writers.create_default_writer(str(run_dir / "tensorboard"), just_logging=jax.process_index() > 0)
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer, every_secs=30.0)
   batches = train_ds.batches(config.pretrain.batch_size, seed=config.seed, start_step=start_step)
   metrics_path = run_dir / "pretrain_metrics.jsonl"
-  _truncate_jsonl(metrics_path, after_step=start_step)
+  if jax.process_index() == 0:
+    _truncate_jsonl(metrics_path, after_step=start_step)
   last_saved, metric_sums, count, t0 = start_step, None, 0, time.time()
   logging.info("%s: training %s for %d steps (%d per epoch), global batch %d on %d devices.", run_dir.name,
-               method, total_steps, steps_per_epoch, config.pretrain.batch_size, mesh.size)
+               method.name, total_steps, steps_per_epoch, config.pretrain.batch_size, mesh.size)
 
   for step in range(start_step + 1, total_steps + 1):
     batch = sharding.shard_batch(next(batches), mesh)
@@ -141,24 +136,25 @@ def pretrain(config, method: str, run_dir, train_ds, *, mesh=None, interrupt_at=
     count += 1
     report(step)
     is_last = step == total_steps
-    if step % config.pretrain.log_every == 0 or is_last or step % config.pretrain.checkpoint_every == 0:
-      summary = summarise(metric_sums, count, method)
+    log_now = step % config.pretrain.log_every == 0 or is_last
+    save_now = step % config.pretrain.checkpoint_every == 0 or is_last
+    if log_now or save_now:
+      summary = summarise(metric_sums, count)
       if not np.isfinite(summary["loss"]):
-        raise FloatingPointError(
-            f"{run_dir.name}: loss is {summary['loss']} at step {step}. The last good checkpoint (step {last_saved}) "
-            f"is kept in {run_dir / 'checkpoints'}; lower --config.optim.lr or enable --config.optim.grad_clip and "
-            "re-run to resume from it.")
-      if step % config.pretrain.log_every == 0 or is_last:
+        raise _diverged(run_dir, step, f"the loss is {summary['loss']}", last_saved)
+      if log_now:
         writer.write_scalars(step, summary)
         if jax.process_index() == 0:
-          _append_jsonl(metrics_path, {"step": step, **{k: summary.get(k) for k in (
-              "loss", "lr", "rho", "cancelled_per_anchor", "cancel_precision", "cancel_recall")}})
+          _append_jsonl(metrics_path, {"step": step, **summary})
         metric_sums, count = None, 0
-      if step % config.pretrain.checkpoint_every == 0 or is_last:
-        checkpoint.save(mngr, step, state)
+      if save_now:
+        # The loss above was computed before this step's update; the state saved is after it.
+        if not checkpoint.all_finite(state):
+          raise _diverged(run_dir, step, "the parameters or optimiser state became non-finite", last_saved)
+        checkpoint.save(mngr, step, state, check_finite=False)
         last_saved = step
-    if interrupt_at is not None and step == interrupt_at:
-      raise PreemptedForTest(f"simulated preemption after step {step}")
+    if on_step is not None:
+      on_step(step)
   writer.flush()
   logging.info("%s: pretraining done in %.1fs.", run_dir.name, time.time() - t0)
-  return model, variables(state)
+  return Pretrained(model, variables(state), total_steps)

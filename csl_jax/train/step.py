@@ -5,13 +5,10 @@ Both views of an example are interleaved as rows (2i, 2i+1) before the encoder: 
 sharded batch axis with the view axis keeps every device's rows local (no resharding), and
 BatchNorm sees both views, as in SimCLR.
 """
-import functools
-
 import jax
 import jax.numpy as jnp
 import optax
 
-from csl_jax.data import augment
 from csl_jax.losses import cross_entropy
 
 
@@ -22,38 +19,33 @@ def two_views(key, images, augment_fn):
   return views.reshape((-1,) + views.shape[2:])
 
 
-def simclr_augment_fn(config, out_size: int):
-  return functools.partial(
-      augment.simclr, out_size=out_size, crop_scale=(config.augment.crop_scale_min, 1.0),
-      jitter_strength=config.augment.jitter_strength, grayscale_prob=config.augment.grayscale_prob,
-      blur=config.augment.blur)
-
-
 def _apply_updates(state, tx, grads, batch_stats):
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                        opt_state=opt_state, batch_stats=batch_stats)
 
 
-def contrastive_step(state, batch, key, *, model, tx, loss_fn, augment_fn, rho_fn, lr_fn):
-  """One pretraining step for SimCLR / SupCon / FNC / Adaptive FNC.
+def contrastive_step(state, batch, key, *, model, tx, loss_fn, augment_fn, schedule_fn, lr_fn):
+  """One contrastive pretraining step (SimCLR, SupCon, FNC, Adaptive FNC, ...).
 
-  loss_fn(z1, z2, labels, rho) -> (loss, stats): a (sharded) loss from `csl_jax.losses`.
+  loss_fn(z1, z2, labels, **scheduled) -> (loss, stats): a (sharded) loss from `csl_jax.losses`.
+  schedule_fn(step) -> {loss keyword: f32[]}: the method's scheduled hyper-parameters (e.g. {"rho": ρ(step)}),
+  passed to the loss and logged with the step's metrics.
   """
   step_key = jax.random.fold_in(key, state.step)
   views = two_views(step_key, batch["image"], augment_fn)
-  rho = rho_fn(state.step)
+  scheduled = schedule_fn(state.step)
 
   def objective(params):
     (_, z), mutated = model.apply({"params": params, "batch_stats": state.batch_stats}, views,
                                   train=True, mutable=["batch_stats"])
     z = z.astype(jnp.float32).reshape((-1, 2, z.shape[-1]))
-    loss, stats = loss_fn(z[:, 0], z[:, 1], batch["label"], rho)
+    loss, stats = loss_fn(z[:, 0], z[:, 1], batch["label"], **scheduled)
     return loss, (mutated["batch_stats"], stats)
 
   (loss, (batch_stats, stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
   new_state = _apply_updates(state, tx, grads, batch_stats)
-  metrics = {"loss": loss, "lr": lr_fn(state.step), "rho": rho, "grad_norm": optax.global_norm(grads), **stats}
+  metrics = {"loss": loss, "lr": lr_fn(state.step), "grad_norm": optax.global_norm(grads), **scheduled, **stats}
   return new_state, metrics
 
 

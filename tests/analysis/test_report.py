@@ -128,7 +128,7 @@ def test_malformed_robustness_entry_only_skips_its_section(fake_workdir, tmp_pat
   del data["attacks"][0]["robust_accuracy"]
   path.write_text(json.dumps(data))
   sections = report.build_sections(sorted(map(report.load_run, report.discover_runs([fake_workdir])),
-                                          key=report._sort_key), tmp_path)
+                                          key=report.sort_key), tmp_path)
   by_title = {s.title: s for s in sections}
   assert "could not build this section (KeyError" in by_title["Adversarial robustness"].blocks[0]
   assert any(isinstance(b, report.Table) for b in by_title["Representation geometry"].blocks)

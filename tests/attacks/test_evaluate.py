@@ -121,13 +121,11 @@ def test_mismatched_images_and_labels_are_rejected():
 
 
 def test_normalised_float_images_are_rejected_everywhere_images_enter():
-  """Standardised pixels (mean 0, std 1) instead of [0, 1] get one clear error from the shared
-  conversion, in the attack loop and in the encoder evaluators alike."""
-  from csl_jax.eval.features import apply_in_batches  # noqa: PLC0415
+  """Standardised pixels (mean 0, std 1) instead of [0, 1] get a clear error in the attack loop; the encoder
+  evaluators read datasets, which hold uint8 pixels only and say so."""
+  from csl_jax.data import ArrayDataset  # noqa: PLC0415
   normalised = (IMAGES / 255.0 - 0.5) / 0.25
   with pytest.raises(ValueError, match=r"\[0, 1\]"):
     attacks.robust_accuracy(None, logits_fn, normalised, LABELS, batch_size=8, progress=False)
-  with pytest.raises(ValueError, match=r"\[0, 1\]"):
-    apply_in_batches(jax.jit(logits_fn), normalised, batch_size=8)
-  ok = apply_in_batches(jax.jit(logits_fn), IMAGES / 255.0, batch_size=8)  # floats in [0, 1] still pass
-  np.testing.assert_allclose(ok, apply_in_batches(jax.jit(logits_fn), IMAGES, batch_size=8), atol=1e-6)
+  with pytest.raises(ValueError, match=r"uint8\[N, H, W, C\]"):
+    ArrayDataset(images=normalised.astype(np.float32), labels=LABELS, class_names=[str(i) for i in range(10)])

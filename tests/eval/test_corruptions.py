@@ -348,3 +348,15 @@ def test_frost_without_the_package_says_what_to_install(images, monkeypatch):
     corruptions.apply("frost", images, 1)
   monkeypatch.undo()
   weather.frost_textures.cache_clear()
+
+
+def test_motion_blur_rounds_to_nearest_like_the_imagemagick_generator():
+  """The published generator reads ImageMagick's 8-bit output (rounded); truncation would be ~0.5/255 darker."""
+  images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype(np.uint8)
+  setting = corruptions.setting("motion_blur", 3, 32, 32)
+  exact = blur.motion_blur(images, setting, np.random.default_rng(123))
+  assert np.array_equal(exact, np.round(exact)), "motion blur must return whole 8-bit values"
+  floats = blur.motion_blur_stack(images.astype(np.float64), setting.radius, setting.sigma,
+                                  np.random.default_rng(123).uniform(-45, 45, size=6))
+  np.testing.assert_array_equal(exact, np.round(np.clip(floats, 0, 255)))
+  assert abs(float(np.mean(exact - np.clip(floats, 0, 255)))) < 0.05  # unbiased, unlike truncation (-0.5)

@@ -60,14 +60,18 @@ def supcon_per_anchor(z1, z2, labels, temperature):
   return per_anchor_losses(z1, z2, temperature, positives)
 
 
-def cancelled_pairs(z1, z2, *, threshold, top_k=0):
-  """(anchor, view) negatives with similarity > threshold, plus each anchor's top_k most similar negatives."""
+def cancelled_pairs(z1, z2, *, threshold, top_k=None):
+  """(anchor, view) negatives with similarity > threshold that are among the anchor's top_k most similar negatives.
+
+  The FNC rule of the authors' code (google-research/fnc, objective.py: threshold mask times top-k mask).
+  top_k=None: no top-k restriction, i.e. Adaptive FNC's rule at rho = threshold. Ties: lowest view index first.
+  """
   similarity = cosine_matrix(z1, z2)
   num_views, num_images = similarity.shape[0], len(z1)
   removed = set()
   for i in range(num_views):
     negatives = [k for k in range(num_views) if k != i and k != pair_of(i, num_images)]
-    removed.update((i, k) for k in negatives if similarity[i, k] > threshold)
-    by_similarity = sorted(negatives, key=lambda k: -similarity[i, k])
-    removed.update((i, k) for k in by_similarity[:top_k])
+    by_similarity = sorted(negatives, key=lambda k: -similarity[i, k])  # stable: ties keep index order
+    candidates = by_similarity if top_k is None else by_similarity[:top_k]
+    removed.update((i, k) for k in candidates if similarity[i, k] > threshold)
   return removed

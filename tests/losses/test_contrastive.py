@@ -101,8 +101,8 @@ _all_losses_and_grads = jax.jit(jax.value_and_grad(_all_losses, argnums=(0, 1)))
 
 
 def test_gradients_finite_for_identical_embeddings():
-  # Every view identical: all similarities are 1, every FNC negative is cancelled, denominators collapse
-  # to the positive alone. Nothing may become NaN/inf, in value or gradient.
+  # Every view identical: all similarities are 1, Adaptive FNC cancels every negative (FNC its top 2), so
+  # denominators collapse to the positive alone. Nothing may become NaN/inf, in value or gradient.
   z = np.tile(np.array([[0.3, -1.2, 0.5, 2.0]], np.float32), (4, 1))
   labels = np.array([0, 0, 1, 1])
   value, grads = _all_losses_and_grads(z, z, labels)

@@ -1,4 +1,6 @@
 """Adaptive FNC (Eq. 4) and FNC: which negatives get cancelled, the resulting losses, and the stats."""
+import inspect
+
 import chex
 import hypothesis
 from hypothesis import strategies as st
@@ -9,10 +11,10 @@ import pytest
 
 from csl_jax import losses
 from csl_jax.losses import contrastive
-from csl_jax.losses.fnc import adaptive_fnc_mask
-from csl_jax.losses.fnc import adaptive_fnc_rows
-from csl_jax.losses.fnc import fnc_mask
-from csl_jax.losses.fnc import fnc_rows
+from csl_jax.losses.cancellation import adaptive_fnc_mask
+from csl_jax.losses.cancellation import adaptive_fnc_rows
+from csl_jax.losses.cancellation import fnc_mask
+from csl_jax.losses.cancellation import fnc_rows
 from tests.losses import numpy_reference as ref
 
 
@@ -97,8 +99,8 @@ def test_zero_over_zero_stats_are_zero():
   assert stats["cancel_precision"] == 0 and stats["cancel_recall"] == 0
 
 
-@pytest.mark.parametrize("threshold,top_k", [(2.0, 3), (0.3, 1), (0.3, 0)])
-def test_fnc_cancels_threshold_plus_exactly_top_k(threshold, top_k):
+@pytest.mark.parametrize("threshold,top_k", [(2.0, 3), (0.3, 1), (0.3, 3), (0.0, 10), (-2.0, 3)])
+def test_fnc_cancels_top_k_negatives_above_threshold(threshold, top_k):
   z1, z2 = _random_views(4)
   expected = ref.cancelled_pairs(z1, z2, threshold=threshold, top_k=top_k)
   rows = _rows(z1, z2)
@@ -107,12 +109,56 @@ def test_fnc_cancels_threshold_plus_exactly_top_k(threshold, top_k):
   np.testing.assert_allclose(per_anchor, ref.nt_xent_per_anchor(z1, z2, 0.5, removed=expected), rtol=1e-5)
   assert counts["num_cancelled"] == len(expected)
   if threshold > 1:
+    assert not expected
+  if threshold < -1:
     assert len(expected) == 12 * top_k
 
 
-def test_fnc_without_top_k_is_adaptive_fnc_at_the_same_threshold():
+def _or_rule_pairs(z1, z2, *, threshold, top_k):
+  """The rule fnc_mask used to implement: above threshold OR among the top_k (kept to show the tests tell)."""
+  return (ref.cancelled_pairs(z1, z2, threshold=threshold)
+          | ref.cancelled_pairs(z1, z2, threshold=-2.0, top_k=top_k))
+
+
+def _planted_and_or_views():
+  """Orthogonal views except three near-copies of e0 (images 0, 1, 2) and a loose pair e3 ~ e4 (images 3, 4).
+
+  Cosines between first views (threshold 0.7, top_k 1): image 0 vs 2: 0.981, 0 vs 1: 0.781, 1 vs 2: 0.766
+  (all above threshold), 3 vs 4: 0.555 (the top-1 negative of anchors 3 and 4, below threshold). All second
+  views and everything else are orthogonal (cosine 0).
+  """
+  eye = np.eye(16, dtype=np.float32)
+  z1 = np.stack([eye[0], eye[0] + 0.8 * eye[1], eye[0] + 0.2 * eye[2], eye[3], eye[3] + 1.5 * eye[4]])
+  return z1, eye[8:13]
+
+
+def test_fnc_cancels_top_k_and_threshold_not_either():
+  z1, z2 = _planted_and_or_views()
+  rows = _rows(z1, z2)
+  cancelled = _mask_pairs(fnc_mask(rows, threshold=0.7, top_k=1))
+  # Anchor 0: its top-1 negative (image 2, 0.981) goes; image 1 (0.781 > 0.7, but 2nd) stays.
+  # Anchors 1, 2: their top-1 (image 0) goes; the other above-threshold copy stays.
+  # Anchors 3, 4: top-1 at 0.555 < 0.7 stays; the orthogonal second views (anchors 5..9) cancel nothing.
+  assert cancelled == {(0, 2), (1, 0), (2, 0)}
+  assert cancelled == ref.cancelled_pairs(z1, z2, threshold=0.7, top_k=1)
+  old_rule = _or_rule_pairs(z1, z2, threshold=0.7, top_k=1)
+  assert {(0, 1), (1, 2), (2, 1), (3, 4), (4, 3)} <= old_rule - cancelled, "test construction: rules must differ"
+  per_anchor, counts = fnc_rows(rows, temperature=0.5, threshold=0.7, top_k=1)
+  assert counts["num_cancelled"] == 3
+  np.testing.assert_allclose(per_anchor, ref.nt_xent_per_anchor(z1, z2, 0.5, removed=cancelled), rtol=1e-5)
+  nt_xent = contrastive.nt_xent_rows(rows, temperature=0.5)
+  np.testing.assert_array_equal(np.asarray(per_anchor)[3:], np.asarray(nt_xent)[3:])
+
+
+def test_fnc_defaults_are_the_reference_flags():
+  # google-research/fnc run.py: fn_topk = 10, fn_threshold = 0.7.
+  parameters = inspect.signature(losses.fnc).parameters
+  assert parameters["top_k"].default == 10 and parameters["threshold"].default == 0.7
+
+
+def test_fnc_with_all_negatives_in_top_k_is_adaptive_fnc_at_the_same_threshold():
   z1, z2 = _random_views(5)
-  fnc_value, fnc_stats = losses.fnc(z1, z2, threshold=0.4, top_k=0)
+  fnc_value, fnc_stats = losses.fnc(z1, z2, threshold=0.4, top_k=2 * 6 - 2)
   adaptive_value, adaptive_stats = losses.adaptive_fnc(z1, z2, rho=0.4)
   np.testing.assert_array_equal(fnc_value, adaptive_value)
   chex.assert_trees_all_equal(fnc_stats, adaptive_stats)
@@ -129,7 +175,7 @@ def test_positive_pair_is_never_cancelled_even_at_similarity_one():
     assert not np.any(np.asarray(mask) & np.asarray(rows.is_self))
   # Everything but the positive cancelled: each anchor's softmax has the positive alone -> loss 0.
   np.testing.assert_allclose(losses.adaptive_fnc(z1, z1, rho=-2.0)[0], 0.0, atol=1e-6)
-  value, stats = losses.fnc(z1, z1, threshold=2.0, top_k=100)  # top_k beyond the 6 negatives
+  value, stats = losses.fnc(z1, z1, threshold=-2.0, top_k=6)  # all 6 negatives of each anchor
   np.testing.assert_allclose(value, 0.0, atol=1e-6)
   assert stats["num_cancelled"] == 8 * 6
 
@@ -162,5 +208,7 @@ def test_bad_hyper_parameters_raise_clear_errors():
   z1, z2 = _random_views(8)
   with pytest.raises(ValueError, match="rho must be a scalar"):
     losses.adaptive_fnc(z1, z2, rho=np.array([0.5, 0.6]))
-  with pytest.raises(ValueError, match="top_k must be a non-negative Python int"):
+  with pytest.raises(ValueError, match=r"top_k must be a Python int >= 1"):
     losses.fnc(z1, z2, top_k=-1)
+  with pytest.raises(ValueError, match=r"top_k must be a Python int >= 1"):
+    losses.fnc(z1, z2, top_k=2.0)

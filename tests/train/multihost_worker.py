@@ -21,14 +21,13 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from csl_jax import data  # noqa: E402
-from csl_jax.train import loop  # noqa: E402
-from tests.train.test_loop import tiny_config  # noqa: E402
+from tests.train.test_loop import pretrain, tiny_config  # noqa: E402
 
 # SGD, not Adam: Adam's normalisation would amplify reduction-order noise between the two layouts.
 config = tiny_config(**{"pretrain.batch_size": 32, "pretrain.num_steps": 4, "pretrain.checkpoint_every": 2,
                         "optim.name": "sgd", "optim.lr": 0.05})
 
-_, variables = loop.pretrain(config, "afnc", os.path.join(workdir, f"run_{nproc}"), data.load("digits", "train"))
+variables = pretrain(config, "afnc", os.path.join(workdir, f"run_{nproc}"), data.load("digits", "train"))
 flat = {jax.tree_util.keystr(k): np.asarray(jax.device_get(v)) for k, v in
         jax.tree_util.tree_leaves_with_path(variables)}
 if pid == 0:

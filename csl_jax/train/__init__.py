@@ -1,0 +1,1 @@
+"""Training: state, pure steps, optimisers, sharding, checkpoints, the workdir lock and the loop."""
