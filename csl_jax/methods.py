@@ -40,6 +40,19 @@ class Contrastive:
   trains_classifier = False
 
   @staticmethod
+  def initial_method_state(method, config, num_examples: int):
+    """The method's extra training state (`TrainState.method_state`), a pytree of arrays; {} for most."""
+    del method, config, num_examples
+    return {}
+
+  @staticmethod
+  def refresh(method, config, state, step: int, *, model, train_ds, mesh):
+    """Called by the loop before every step, outside jit (e.g. to re-cluster the training set every few
+    epochs); returns the state, updated or not. Must be a pure function of (state, step) for exact resume."""
+    del method, config, step, model, train_ds, mesh
+    return state
+
+  @staticmethod
   def build_model(config, num_classes: int, mean, std):
     del num_classes
     head = models.ProjectionHead(hidden_dim=config.model.projection_hidden_dim, out_dim=config.model.projection_dim)
@@ -68,6 +81,8 @@ class Contrastive:
 class Supervised:
   """Encoder + linear head trained end to end with cross-entropy; the trained head is the classifier."""
   trains_classifier = True
+  initial_method_state = Contrastive.initial_method_state
+  refresh = Contrastive.refresh
 
   @staticmethod
   def build_model(config, num_classes: int, mean, std):

@@ -99,8 +99,9 @@ def pretrain(config, method, run_dir, train_ds, *, mean, std, mesh=None,
 
   init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
   sample = jnp.zeros((2,) + tuple(train_ds.image_shape), jnp.float32)
+  method_state = method.family.initial_method_state(method, config, train_ds.num_examples)
   state = jax.jit(functools.partial(create_train_state, model, tx), out_shardings=sharding.replicated(mesh))(
-      init_key, sample)
+      init_key, sample, method_state)
   mngr = checkpoint.manager(run_dir / "checkpoints", max_to_keep=config.pretrain.keep_checkpoints)
   describe = lambda: checkpoint.describe_config_change(stored_config, config.to_dict())
   restored, start_step = checkpoint.restore_latest(mngr, checkpoint.abstract_like(state), describe_mismatch=describe)
@@ -130,6 +131,7 @@ def pretrain(config, method, run_dir, train_ds, *, mean, std, mesh=None,
                method.name, total_steps, steps_per_epoch, config.pretrain.batch_size, mesh.size)
 
   for step in range(start_step + 1, total_steps + 1):
+    state = method.family.refresh(method, config, state, step - 1, model=model, train_ds=train_ds, mesh=mesh)
     batch = sharding.shard_batch(next(batches), mesh)
     state, metrics = train_step(state, batch, step_key)
     metric_sums = metrics if metric_sums is None else jax.tree.map(jnp.add, metric_sums, metrics)
