@@ -68,6 +68,26 @@ def base_config() -> ml_collections.ConfigDict:
   # Cross-entropy: the SimCLR augmentation with weaker colour jitter (paper, after Chen et al. 2020a), or the
   # classic "pad_crop_flip" recipe.
   c.methods.ce = ml_collections.ConfigDict({"augment": "simclr", "jitter_strength": 0.25})
+  # IFND (Chen et al. ICLR 2022; csl_jax/ifnd.py): hierarchical k-means of the training set (finest level first,
+  # each level clusters the centroids of the one below) every recluster_every_epochs epochs; the share of samples
+  # (most similar to their centroid first) given a pseudo-label grows linearly from acceptance_initial to
+  # acceptance_final over training; negatives sharing the anchor's accepted label at any level are eliminated.
+  c.methods.ifnd = ml_collections.ConfigDict({"temperature": 0.5, "num_clusters": "100,30,10",
+                                              "recluster_every_epochs": 1.0, "kmeans_iters": 20,
+                                              "acceptance_initial": 0.0, "acceptance_final": 1.0})
+  # Adversarial contrastive pretraining (paper Table 5; csl_jax/train/adversarial.py), PGD-ℓ∞ on the contrastive loss.
+  # RoCL (Kim et al. 2020, github.com/Kim-Minseon/RoCL defaults): eps 0.0314 (8/255), step 0.007, 7 steps, random
+  # start, T = 0.5, adversarial term weight 1/lambda = 1/256. A-RoCL adds Adaptive FNC's rho schedule.
+  rocl = {"temperature": 0.5, "epsilon": 8 / 255, "step_size": 0.007, "steps": 7, "random_start": True,
+          "reg_weight": 1 / 256}
+  # ACL(DS) (Jiang et al. 2020, github.com/VITA-Group/Adversarial-Contrastive-Learning): PGD-5, eps 8/255, step
+  # 2/255, random start, T = 0.5, dual BatchNorm. A-ACL adds Adaptive FNC's rho schedule.
+  acl = {"temperature": 0.5, "epsilon": 8 / 255, "step_size": 2 / 255, "steps": 5, "random_start": True}
+  rho = {"rho_initial": 0.99, "rho_final": 0.7, "rho_schedule": "cosine"}
+  c.methods.rocl = ml_collections.ConfigDict(rocl)
+  c.methods.arocl = ml_collections.ConfigDict({**rocl, **rho})
+  c.methods.acl = ml_collections.ConfigDict(acl)
+  c.methods.aacl = ml_collections.ConfigDict({**acl, **rho})
 
   c.augment = ml_collections.ConfigDict()
   c.augment.crop_scale_min = 0.08
@@ -102,12 +122,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.linear_eval.weight_decay = 0.0
   c.linear_eval.knn_k = 200
   c.linear_eval.knn_temperature = 0.1
+  # "standard": head on clean features; "adversarial": head trained on PGD-ℓ∞ examples of the frozen encoder
+  # (RoCL's robust linear evaluation, also reported by ACL).
+  c.linear_eval.protocol = "standard"
+  c.linear_eval.adversarial_eps = 8 / 255
+  c.linear_eval.adversarial_step_size = 2 / 255
+  c.linear_eval.adversarial_steps = 10
 
   c.robustness = ml_collections.ConfigDict()
   c.robustness.enabled = True
   c.robustness.attacks = CIFAR_ATTACKS
   c.robustness.num_examples = 1000    # first N test images (0 = all)
   c.robustness.batch_size = 256
+  c.robustness.num_seeds = 1          # > 1: every attack with that many seeds, reported as mean ± spread
+  c.robustness.checks = True          # fra31's evaluation checks (randomized, softmax, zero gradient, Square, ...)
 
   c.geometry = ml_collections.ConfigDict()
   c.geometry.enabled = True
@@ -279,7 +307,12 @@ _CHOICES = {
     "optim.lr_scaling": ("linear", "sqrt", "none"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "methods.afnc.rho_schedule": ("cosine", "linear", "constant"),
+    "methods.arocl.rho_schedule": ("cosine", "linear", "constant"),
+    "methods.aacl.rho_schedule": ("cosine", "linear", "constant"),
+    "methods.rocl.random_start": (True, False), "methods.arocl.random_start": (True, False),
+    "methods.acl.random_start": (True, False), "methods.aacl.random_start": (True, False),
     "methods.ce.augment": ("simclr", "pad_crop_flip"),
+    "linear_eval.protocol": ("standard", "adversarial"),
 }
 # field -> (lowest allowed, highest allowed, what it means); None = unbounded.
 _RANGES = {
@@ -288,8 +321,10 @@ _RANGES = {
     "optim.lr": (0, None), "optim.momentum": (0, 1), "optim.weight_decay": (0, None),
     "optim.warmup_epochs": (0, None), "optim.grad_clip": (0, None),
     "linear_eval.epochs": (1, None), "linear_eval.batch_size": (1, None), "linear_eval.lr": (0, None),
-    "linear_eval.weight_decay": (0, None), "linear_eval.knn_k": (1, None), "linear_eval.knn_temperature": (1e-9, None),
-    "robustness.num_examples": (0, None), "robustness.batch_size": (1, None),
+    "linear_eval.weight_decay": (0, None),
+    "linear_eval.adversarial_eps": (0, None), "linear_eval.adversarial_step_size": (0, None),
+    "linear_eval.adversarial_steps": (0, None), "linear_eval.knn_k": (1, None), "linear_eval.knn_temperature": (1e-9, None),
+    "robustness.num_examples": (0, None), "robustness.batch_size": (1, None), "robustness.num_seeds": (1, None),
     "geometry.num_examples": (0, None), "geometry.tsne_max_points": (0, None),
     "corruptions.num_examples": (0, None), "eval_batch_size": (1, None), "dataset.image_size": (0, None),
     "augment.crop_scale_min": (1e-6, 1), "augment.jitter_strength": (0, None), "augment.grayscale_prob": (0, 1),
@@ -297,6 +332,20 @@ _RANGES = {
     "methods.fnc.temperature": (1e-6, None), "methods.fnc.threshold": (-1, 1), "methods.fnc.top_k": (1, None),
     "methods.afnc.temperature": (1e-6, None), "methods.afnc.rho_initial": (-1, 2), "methods.afnc.rho_final": (-1, 2),
     "methods.ce.jitter_strength": (0, None), "model.projection_dim": (1, None),
+    "methods.ifnd.temperature": (1e-6, None), "methods.ifnd.recluster_every_epochs": (1e-9, None),
+    "methods.ifnd.kmeans_iters": (1, None), "methods.ifnd.acceptance_initial": (0, 1),
+    "methods.ifnd.acceptance_final": (0, 1),
+    "methods.rocl.temperature": (1e-6, None), "methods.rocl.epsilon": (1e-9, 1), "methods.rocl.step_size": (1e-9, 1),
+    "methods.rocl.steps": (1, None),
+    "methods.arocl.temperature": (1e-6, None), "methods.arocl.epsilon": (1e-9, 1), "methods.arocl.step_size": (1e-9, 1),
+    "methods.arocl.steps": (1, None),
+    "methods.acl.temperature": (1e-6, None), "methods.acl.epsilon": (1e-9, 1), "methods.acl.step_size": (1e-9, 1),
+    "methods.acl.steps": (1, None),
+    "methods.aacl.temperature": (1e-6, None), "methods.aacl.epsilon": (1e-9, 1), "methods.aacl.step_size": (1e-9, 1),
+    "methods.aacl.steps": (1, None),
+    "methods.rocl.reg_weight": (0, None), "methods.arocl.reg_weight": (0, None),
+    "methods.arocl.rho_initial": (-1, 2), "methods.arocl.rho_final": (-1, 2),
+    "methods.aacl.rho_initial": (-1, 2), "methods.aacl.rho_final": (-1, 2),
     "model.projection_hidden_dim": (1, None),
 }
 
@@ -306,6 +355,17 @@ def _get(config, dotted: str):
   for part in dotted.split("."):
     node = node[part]
   return node
+
+
+def _check_cluster_levels(spec, where: str) -> None:
+  """methods.ifnd.num_clusters: comma-separated, strictly decreasing cluster counts >= 1 ("100,30,10")."""
+  try:
+    ks = [int(part) for part in str(spec).split(",") if part.strip()]
+  except ValueError:
+    ks = []
+  if not ks or min(ks) < 1 or any(a <= b for a, b in zip(ks, ks[1:])):
+    raise ValueError(f"{where}config.methods.ifnd.num_clusters={spec!r}: expected comma-separated, strictly "
+                     "decreasing cluster counts >= 1, finest level first (e.g. '100,30,10').")
 
 
 def _check_run(config, run_name: str) -> None:
@@ -322,6 +382,12 @@ def _check_run(config, run_name: str) -> None:
   if config.pretrain.num_steps == 0 and config.pretrain.epochs <= 0:
     raise ValueError(f"{where}no training: config.pretrain.epochs={config.pretrain.epochs} and num_steps=0. Set "
                      "--config.pretrain.epochs > 0 or --config.pretrain.num_steps > 0.")
+  for name in ("arocl", "aacl"):
+    sub = config.methods[name]
+    if sub.rho_schedule == "constant" and sub.rho_initial != sub.rho_final:
+      raise ValueError(f"{where}methods.{name}.rho_schedule='constant' needs rho_initial == rho_final "
+                       f"(got {sub.rho_initial} and {sub.rho_final}).")
+  _check_cluster_levels(config.methods.ifnd.num_clusters, where)
   if config.methods.afnc.rho_schedule == "constant" and (
       config.methods.afnc.rho_initial != config.methods.afnc.rho_final):
     raise ValueError(f"{where}methods.afnc.rho_schedule='constant' needs rho_initial == rho_final "

@@ -25,6 +25,7 @@ from csl_jax import losses, models
 from csl_jax.data import augment
 from csl_jax.losses import sharded as sharded_losses
 from csl_jax.train import sharding
+from csl_jax.train import adversarial
 from csl_jax.train import step as step_lib
 
 # ----------------------------------------------------------------------------------------------------
@@ -137,11 +138,14 @@ class Method:
   """One training method. See the module docstring.
 
   name: registry key and config sub-tree (`config.methods.<name>`). title: how reports name it.
-  family: `Contrastive` or `Supervised`. loss: key of `losses.sharded.LOSSES` (None: the family's own loss).
+  family: `Contrastive`, `Supervised` or `adversarial.RoCL` / `adversarial.ACL`. loss: key of `losses.sharded.LOSSES` (None: the family's own loss).
   loss_fields: fields of the sub-tree passed to the loss as keyword arguments.
   schedules: (sub-tree, total_steps) -> {loss keyword: optax schedule}, values traced per step.
   needs_labels: training reads labels (SupCon, CE); other methods only use them for logged statistics.
   augment_fn: (config, image_size) -> augment(key, u8 images) -> f32 views in [0, 1].
+  sample_inputs: for losses with per-image inputs beside the views (`LossSpec.per_image`, e.g. IFND's
+    pseudo-labels): (numpy Generator, N) -> {name: array[N, ...]} of valid example inputs, so checks generated
+    from the registry (tests/test_methods.py) can call the loss; None when the loss takes none.
   """
   name: str
   title: str
@@ -151,6 +155,7 @@ class Method:
   schedules: Optional[Callable] = None
   needs_labels: bool = False
   augment_fn: Callable = simclr_augment
+  sample_inputs: Optional[Callable] = None
 
   def settings(self, config):
     """The method's config sub-tree, `config.methods.<name>`."""
@@ -169,17 +174,18 @@ class Method:
     return self.augment_fn(config, image_size)
 
   def loss_fn(self, config, mesh=None) -> Callable:
-    """(z1, z2, labels, **schedule values) -> (loss, stats): over the mesh's global batch, or — without a
-    mesh — the public single-device loss of `csl_jax.losses` (the reference the sharded one must equal)."""
+    """(z1, z2, labels, **schedule values, **per-image inputs) -> (loss, stats): over the mesh's global batch,
+    or — without a mesh — the public single-device loss of `csl_jax.losses` (the reference the sharded one must
+    equal)."""
     kwargs = self.loss_kwargs(config)
     if mesh is not None:
       fn = losses.make_sharded_loss(self.loss, mesh, axis_name=sharding.DATA_AXIS, **kwargs)
-      return lambda z1, z2, labels, **scheduled: fn(z1, z2, labels=labels, **scheduled)
+      return lambda z1, z2, labels, **inputs: fn(z1, z2, labels=labels, **inputs)
     public = sharded_losses.LOSSES[self.loss].public
     takes_labels = "labels" in inspect.signature(public).parameters
 
-    def single_device(z1, z2, labels, **scheduled):
-      out = public(z1, z2, **kwargs, **scheduled, **({"labels": labels} if takes_labels else {}))
+    def single_device(z1, z2, labels, **inputs):
+      out = public(z1, z2, **kwargs, **inputs, **({"labels": labels} if takes_labels else {}))
       return out if isinstance(out, tuple) else (out, {})
 
     return single_device
@@ -196,7 +202,22 @@ REGISTRY: Dict[str, Method] = {m.name: m for m in (
     Method("fnc", "SimCLR + FNC", Contrastive, loss="fnc", loss_fields=("temperature", "threshold", "top_k")),
     Method("afnc", "SimCLR + Adaptive FNC", Contrastive, loss="adaptive_fnc", loss_fields=("temperature",),
            schedules=_rho_schedule),
+    # Adversarial contrastive pretraining (paper Table 5; csl_jax/train/adversarial.py) and its Adaptive FNC versions.
+    Method("rocl", "RoCL", adversarial.RoCL, loss="nt_xent", loss_fields=("temperature",)),
+    Method("arocl", "A-RoCL (RoCL + Adaptive FNC)", adversarial.RoCL, loss="adaptive_fnc",
+           loss_fields=("temperature",), schedules=_rho_schedule),
+    Method("acl", "ACL(DS)", adversarial.ACL, loss="nt_xent", loss_fields=("temperature",)),
+    Method("aacl", "A-ACL (ACL(DS) + Adaptive FNC)", adversarial.ACL, loss="adaptive_fnc",
+           loss_fields=("temperature",), schedules=_rho_schedule),
 )}
+
+
+def register(method: Method) -> Method:
+  """Adds an entry defined beside its own family module (e.g. `csl_jax.ifnd`, imported at the end of this file)."""
+  if method.name in REGISTRY:
+    raise ValueError(f"Method {method.name!r} is already registered.")
+  REGISTRY[method.name] = method
+  return method
 
 
 def get(name: str) -> Method:
@@ -211,3 +232,7 @@ def features_and_classifier(method: Method, model, variables, head, num_classes:
   clf, clf_vars = method.family.classifier(model, variables, head, num_classes)
   logits = jax.jit(lambda x: clf.apply(clf_vars, x, train=False))
   return features, logits
+
+
+# Methods whose family lives in its own module register themselves there (their family subclasses one above).
+from csl_jax import ifnd as _ifnd  # noqa: E402,F401  pylint: disable=wrong-import-position

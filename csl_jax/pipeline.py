@@ -53,7 +53,7 @@ def trained_classifier(config, method, pretrained, run_dir, train_ds, mesh) -> t
   head = None
   if not method.trains_classifier:
     head = linear.fit_or_load_head(config, train_features, run_dir, num_classes=train_ds.num_classes,
-                                   model_fingerprint=fingerprint)
+                                   model_fingerprint=fingerprint, features_fn=features, train_ds=train_ds, mesh=mesh)
     fingerprint = {**fingerprint, "head": "linear_probe", "head_sha256": evaluators.digest(head)}
   else:
     fingerprint = {**fingerprint, "head": "end_to_end"}

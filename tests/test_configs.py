@@ -36,8 +36,9 @@ def test_config_builds_validates_and_trains_a_smoke_step(name):
   steps_per_epoch, total = loop.training_length(run_config, train.num_examples)
   lr_fn = optim.learning_rate_schedule(run_config, run_config.pretrain.batch_size, steps_per_epoch, total)
   tx = optim.make_optimizer(run_config, lr_fn)
+  method_state = method.family.initial_method_state(method, run_config, train.num_examples)
   state = jax.jit(functools.partial(create_train_state, model, tx), out_shardings=sharding.replicated(mesh))(
-      jax.random.PRNGKey(0), np.zeros((2,) + train.image_shape, np.float32))
+      jax.random.PRNGKey(0), np.zeros((2,) + train.image_shape, np.float32), method_state)
   before = jax.device_get(state.params)
   step = loop.make_train_step(method, run_config, model, tx, lr_fn, mesh, train.image_shape[0], total)
   batch = sharding.shard_batch(next(train.batches(run_config.pretrain.batch_size, seed=0)), mesh)

@@ -28,6 +28,8 @@ def test_sharded_loss_equals_public_loss(name):
   z1, z2 = (jnp.asarray(rng.normal(size=(n, dim)).astype(np.float32)) for _ in range(2))
   labels = jnp.asarray(rng.integers(0, 3, n).astype(np.int32))
   scheduled = method.schedule_fn(config, total_steps=10)(jnp.asarray(7))
+  # Losses with per-image inputs beside the views (e.g. IFND's pseudo-labels) get example ones from the entry.
+  scheduled.update(method.sample_inputs(rng, n) if method.sample_inputs else {})
   sharded, single = method.loss_fn(config, mesh), method.loss_fn(config)
 
   def value_and_grad(fn):

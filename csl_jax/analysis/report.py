@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 from csl_jax.analysis import plots
 from csl_jax.analysis import tsne
 # p_drop and gap_closed are re-exported: they are the report's public arithmetic.
-from csl_jax.analysis.report_tables import (CANCELLATION_METRICS, Table, attacks_by_key, cancellation_series,  # noqa: F401
+from csl_jax.analysis.report_tables import (CANCELLATION_METRICS, Table, attacks_by_key, cancellation_series,  # noqa: F401  (p_drop, gap_closed re-exported)
                                             corruption_table, format_number, format_percent, gap_closed,
                                             geometry_table, p_drop, robustness_families, robustness_table)
 from csl_jax.analysis.runs import Run, discover_runs, label_runs, load_run, resolve_baseline_and_reference, sort_key
@@ -76,6 +76,15 @@ def _robustness_section(runs, labels, out_dir, baseline, reference, notes) -> Se
     blocks.append(f"Gap-closed column skipped: no {missing} run found (pass --baseline / --reference).")
   blocks += notes
   blocks.append(robustness_table(have, labels, baseline, reference))
+  if any(entry.get("spread") for run in have for entry in attacks_by_key(run).values()):
+    blocks.append("“a ± b”: mean over attack seeds ± half the range between seeds (robustness.num_seeds).")
+  for run in have:
+    for flag in (run.robustness or {}).get("checks") or []:
+      blocks.append(f"⚠ {labels[run.path]} — evaluation check “{flag['check']}”: {flag['message']}")
+    for entry in attacks_by_key(run).values():
+      if entry.get("broken_by_stage"):
+        shares = ", ".join(f"{name} {100 * share:.1f}%" for name, share in entry["broken_by_stage"].items() if share)
+        blocks.append(f"{labels[run.path]}, {entry.get('spec')}: points fooled per AutoAttack stage: {shares or 'none'}.")
   plots.robustness_curves(out_dir / "robustness_vs_eps.png", *robustness_families(have, labels))
   blocks.append(Image("robustness_vs_eps.png", "Robust accuracy vs ε (ε = 0 is clean accuracy)"))
   return Section("Adversarial robustness", blocks + _missing_note([r for r in runs if r not in have], labels,

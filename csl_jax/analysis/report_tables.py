@@ -111,7 +111,8 @@ def robustness_table(runs: Sequence[Run], labels: dict, baseline: Optional[Run],
         row.append("—")
         continue
       drop = _entry_drop(entry, clean)
-      cell = f"{format_percent(float(entry['robust_accuracy']))} ↓{format_percent(drop, 0)}%"
+      spread = f" ± {format_percent(entry['spread'] / 2)}" if entry.get("spread") else ""
+      cell = f"{format_percent(float(entry['robust_accuracy']))}{spread} ↓{format_percent(drop, 0)}%"
       if anchors and run.path not in (baseline.path, reference.path) and all(key in a for a in anchors):
         closed = gap_closed(drop, anchors[0][key], anchors[1][key])
         if math.isfinite(closed):

@@ -149,13 +149,14 @@ def resolve_baseline_and_reference(runs: list, baseline: Optional[str] = None,
   """
   notes = []
   chosen = []
-  for spec, role, method in ((baseline, "baseline", "simclr"), (reference, "reference", "supcon")):
+  # Table 4's convention: SimCLR is the baseline, SupCon the reference (override with --baseline / --reference).
+  for spec, role, default in ((baseline, "baseline", "simclr"), (reference, "reference", "supcon")):
     if spec is not None:
       chosen.append(_find_run(spec, runs, role))
       continue
-    candidates = sorted((r for r in runs if r.method == method), key=lambda r: (r.name != method, str(r.path)))
+    candidates = sorted((r for r in runs if default == r.method), key=lambda r: (r.name != default, str(r.path)))
     if len(candidates) > 1:
-      notes.append(f"Several {method} runs found; using {candidates[0].path} as the {role} "
+      notes.append(f"Several {default} runs found; using {candidates[0].path} as the {role} "
                    f"(pass --{role} to choose).")
     chosen.append(candidates[0] if candidates else None)
   return chosen[0], chosen[1], notes

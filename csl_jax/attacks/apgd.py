@@ -6,8 +6,8 @@ momentum 0.75 on the previous update,
     x_{k+1} = Π(x_k + 0.75·(z_{k+1} − x_k) + 0.25·(x_k − x_{k−1}))   (no momentum on the first step).
 At checkpoints spaced p_{j+1} − p_j = max(p_j − 0.03, 0.06)·N_iter apart (first after 0.22·N_iter) the step
 size is halved — and the iterate restarted from the best point found — when (1) the loss increased in at
-most ρ = 75% of the steps since the last checkpoint, or (2) the step was not reduced at the last
-checkpoint and the best loss has not improved since.
+most a fraction `oscillation` = 0.75 (the paper's ρ) of the steps since the last checkpoint, or (2) the
+step was not reduced at the last checkpoint and the best loss has not improved since.
 ℓ1: no momentum; sparse steps sign(∇) on the top-k coordinates (k starts at 20% of d and follows the
 sparsity of the best point / 1.5), η₀ = eps, every max(0.04·N_iter, 1) steps the step size is reset to
 η₀ (and the iterate to the best point) when the best point became sparser, else divided by 1.5 (within
@@ -32,7 +32,7 @@ from jax.sharding import PartitionSpec as P
 from csl_jax.attacks import evaluate
 from csl_jax.attacks import objectives
 from csl_jax.attacks import projections
-from csl_jax.attacks.validation import check_attack_inputs
+from csl_jax.attacks import validation
 
 MOMENTUM = 0.75
 # Initial step size as a multiple of eps, per norm (reference: alpha).
@@ -86,7 +86,7 @@ def init_state(value_and_grad, x, y, y_target, key, eps, x_init=None, *, norm, n
       loss_best_last=loss, reduced_last=jnp.ones((batch,), bool), topk=topk, sp_old=sp_old)
 
 
-def iterate(value_and_grad, state, start, stop, eps, *, norm, n_iter, rho=0.75):
+def iterate(value_and_grad, state, start, stop, eps, *, norm, n_iter, oscillation=0.75):
   """Runs iterations start … stop − 1 of an APGD run of `n_iter` iterations on `state`.
 
   Rows are independent (per-example step sizes; the checkpoint counters are shared because every row
@@ -132,7 +132,7 @@ def iterate(value_and_grad, state, start, stop, eps, *, norm, n_iter, rho=0.75):
       n["topk"] = jnp.where(check, sp_curr / dim / 1.5, s["topk"])
       n["sp_old"] = jnp.where(check, sp_curr, s["sp_old"])
     else:
-      oscillates = n["n_increase"] <= s["k"].astype(jnp.float32) * rho
+      oscillates = n["n_increase"] <= s["k"].astype(jnp.float32) * oscillation
       stalled = ~s["reduced_last"] & (s["loss_best_last"] >= n["loss_best"])
       reduce = oscillates | stalled
       reset = check & reduce
@@ -149,7 +149,7 @@ def iterate(value_and_grad, state, start, stop, eps, *, norm, n_iter, rho=0.75):
   return jax.lax.fori_loop(start, stop, body, state)
 
 
-def single_run(value_and_grad, x, y, y_target, key, eps, x_init=None, *, norm, n_iter, rho=0.75):
+def single_run(value_and_grad, x, y, y_target, key, eps, x_init=None, *, norm, n_iter, oscillation=0.75):
   """One APGD run of `n_iter` iterations (reference `attack_single_run`).
 
   Args:
@@ -161,11 +161,11 @@ def single_run(value_and_grad, x, y, y_target, key, eps, x_init=None, *, norm, n
      x_best_adv: the last misclassified iterate, or the start where none was).
   """
   state = init_state(value_and_grad, x, y, y_target, key, eps, x_init, norm=norm, n_iter=n_iter)
-  s = iterate(value_and_grad, state, 0, n_iter, eps, norm=norm, n_iter=n_iter, rho=rho)
+  s = iterate(value_and_grad, state, 0, n_iter, eps, norm=norm, n_iter=n_iter, oscillation=oscillation)
   return s["x_best"], s["fooled"], s["loss_best"], s["x_best_adv"]
 
 
-def larger_eps_run(value_and_grad, x, y, y_target, key, eps, *, norm, n_iter, rho=0.75):
+def larger_eps_run(value_and_grad, x, y, y_target, key, eps, *, norm, n_iter, oscillation=0.75):
   """APGD-ℓ1 with the reference's decreasing radius: 3·eps, 2·eps, eps for 30/30/40% of the iterations,
   each stage starting from the previous stage's best point (reference `decr_eps_pgd`)."""
   first = math.ceil(0.3 * n_iter)
@@ -175,7 +175,7 @@ def larger_eps_run(value_and_grad, x, y, y_target, key, eps, *, norm, n_iter, rh
   for stage, (scale, iters) in enumerate(schedule):
     x_init = projections.project_l1(x_init, x, scale * eps)
     x_init, fooled, loss, x_adv = single_run(value_and_grad, x, y, y_target, jax.random.fold_in(key, stage),
-                                             scale * eps, x_init, norm=norm, n_iter=iters, rho=rho)
+                                             scale * eps, x_init, norm=norm, n_iter=iters, oscillation=oscillation)
   return x_init, fooled, loss, x_adv
 
 
@@ -188,9 +188,9 @@ def _target(clean_logits, y, target_rank, targeted):
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "logits_fn", "norm", "loss", "n_iter", "n_restarts", "n_targets", "rho", "eot_iter", "use_larger_eps"))
+    "logits_fn", "norm", "loss", "n_iter", "n_restarts", "n_targets", "oscillation", "eot_iter", "use_larger_eps"))
 def apgd_attack(logits_fn, x, y, key, eps, first_target_rank=2, *, norm, loss, n_iter, n_restarts,
-                n_targets=0, rho=0.75, eot_iter=1, use_larger_eps=False):
+                n_targets=0, oscillation=0.75, eot_iter=1, use_larger_eps=False):
   """Jitted APGD over restarts (and targets) -> (x_adv f32[B, ...], fooled bool[B]).
 
   n_targets = 0: untargeted. n_targets ≥ 1: targets are the clean logits' ranks first_target_rank, …,
@@ -210,7 +210,7 @@ def apgd_attack(logits_fn, x, y, key, eps, first_target_rank=2, *, norm, loss, n
     x_out, fooled = carry
     y_target = _target(clean_logits, y, first_target_rank + j // n_restarts, bool(n_targets))
     _, fooled_run, _, x_adv = run(value_and_grad, x, y, y_target, jax.random.fold_in(key, j), eps,
-                                  norm=norm, n_iter=n_iter, rho=rho)
+                                  norm=norm, n_iter=n_iter, oscillation=oscillation)
     newly = fooled_run & ~fooled
     return jnp.where(projections.per_example(newly, x), x_adv, x_out), fooled | fooled_run
 
@@ -233,10 +233,10 @@ def _start_run(logits_fn, x, y, key, eps, target_rank, *, norm, loss, n_iter, ta
   return state, ~objectives.is_correct(clean_logits, y)
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "norm", "loss", "n_iter", "rho"))
-def _continue_run(logits_fn, state, start, stop, eps, *, norm, loss, n_iter, rho):
+@functools.partial(jax.jit, static_argnames=("logits_fn", "norm", "loss", "n_iter", "oscillation"))
+def _continue_run(logits_fn, state, start, stop, eps, *, norm, loss, n_iter, oscillation):
   value_and_grad = objectives.eot_value_and_grad(logits_fn, objectives.get_loss(loss))
-  return iterate(value_and_grad, state, start, stop, eps, norm=norm, n_iter=n_iter, rho=rho)
+  return iterate(value_and_grad, state, start, stop, eps, norm=norm, n_iter=n_iter, oscillation=oscillation)
 
 
 def _take_rows(state, rows, sharding):
@@ -249,7 +249,7 @@ def _take_rows(state, rows, sharding):
   return {name: take(name, value) for name, value in state.items()}
 
 
-def apgd_early_exit(logits_fn, x, y, key, eps, target_rank=2, *, norm, loss, targeted, n_iter=100, rho=0.75,
+def apgd_early_exit(logits_fn, x, y, key, eps, target_rank=2, *, norm, loss, targeted, n_iter=100, oscillation=0.75,
                     chunk=10, batch_rows=None, log=None):
   """One APGD run (one restart, at most one target) that stops working on points once they are fooled.
 
@@ -286,7 +286,7 @@ def apgd_early_exit(logits_fn, x, y, key, eps, target_rank=2, *, norm, loss, tar
 
   for start in range(0, int(n_iter), int(chunk)):
     stop = min(start + int(chunk), int(n_iter))
-    state = _continue_run(logits_fn, state, start, stop, eps, rho=float(rho), **options)
+    state = _continue_run(logits_fn, state, start, stop, eps, oscillation=float(oscillation), **options)
     if log is not None:
       log.append((stop, len(origin)))
     row_fooled = np.array(state["fooled"])
@@ -310,7 +310,7 @@ def apgd_early_exit(logits_fn, x, y, key, eps, target_rank=2, *, norm, loss, tar
 
 
 def apgd(logits_fn, x, y, *, eps, norm="linf", loss="ce", targeted=False, n_iter=100, n_restarts=1, key=None,
-         n_target_classes=9, rho=0.75, eot_iter=1, use_larger_eps=False):
+         n_target_classes=9, oscillation=0.75, eot_iter=1, use_larger_eps=False):
   """Auto-PGD; APGD-CE (loss="ce"), APGD-DLR (loss="dlr") or APGD-T (targeted=True, loss="dlr").
 
   Args:
@@ -321,23 +321,34 @@ def apgd(logits_fn, x, y, *, eps, norm="linf", loss="ce", targeted=False, n_iter
     loss: "ce" or "dlr" (targeted=True turns them into "ce-targeted" / "dlr-targeted").
     targeted: attack toward the n_target_classes most likely wrong classes, one after the other.
     n_iter: iterations per run; n_restarts: runs per target (each only on points not yet fooled).
-    key: PRNG key (default PRNGKey(0)); rho: oscillation threshold of the step-size rule.
+    key: PRNG key (default PRNGKey(0)).
+    oscillation: the step size is halved at a checkpoint when the loss increased in at most this
+      fraction of the steps since the previous one (ρ = 0.75 in Croce & Hein 2020; renamed from `rho`,
+      which in this library is the Adaptive FNC threshold).
     eot_iter: gradient samples per step for randomised models.
     use_larger_eps: ℓ1 only, the 3·eps → 2·eps → eps schedule of AutoAttack-ℓ1.
   Returns:
     f32[B, ...]: an adversarial example where one was found, else x (always within the threat model).
+  Raises:
+    ValueError: bad inputs (`validation.check_attack_inputs`: shapes, ranges, labels outside [0, K), a
+      model output that is not [B, K]), counts < 1, or a model with non-finite logits on x.
   """
-  x, y = check_attack_inputs(x, y, eps=eps, norm=norm, attack="apgd")
+  x, y = validation.check_attack_inputs(x, y, eps=eps, norm=norm, attack="apgd", logits_fn=logits_fn)
   base_loss = loss.replace("-targeted", "")
   if base_loss not in ("ce", "dlr"):
     raise ValueError(f"apgd: loss={loss!r} is not supported; choose 'ce' or 'dlr'.")
   if use_larger_eps and norm != "l1":
     raise ValueError("apgd: use_larger_eps is the ℓ1 schedule of AutoAttack; use it with norm='l1'.")
-  if min(int(n_iter), int(n_restarts), int(eot_iter)) < 1:
-    raise ValueError(f"apgd: n_iter, n_restarts and eot_iter must be >= 1, got {n_iter}, {n_restarts}, {eot_iter}.")
+  n_iter, n_restarts, eot_iter = (validation.check_count(value, name, attack="apgd") for value, name in
+                                  ((n_iter, "n_iter"), (n_restarts, "n_restarts"), (eot_iter, "eot_iter")))
+  if not 0.0 <= float(oscillation) <= 1.0:
+    raise ValueError(f"apgd: oscillation is a fraction of steps in [0, 1], got {oscillation}.")
   key = jax.random.PRNGKey(0) if key is None else key
+  # One forward pass (APGD makes n_iter forward-backward passes), dispatched before the attack and read after.
+  clean_finite = validation.clean_logits_finite(logits_fn, x)
   x_adv, _ = apgd_attack(
       logits_fn, x, y, key, eps, 2, norm=norm, loss=base_loss + ("-targeted" if targeted else ""),
-      n_iter=int(n_iter), n_restarts=int(n_restarts), n_targets=int(n_target_classes) if targeted else 0,
-      rho=float(rho), eot_iter=int(eot_iter), use_larger_eps=bool(use_larger_eps))
+      n_iter=n_iter, n_restarts=n_restarts, n_targets=int(n_target_classes) if targeted else 0,
+      oscillation=float(oscillation), eot_iter=eot_iter, use_larger_eps=bool(use_larger_eps))
+  validation.check_finite_logits(clean_finite, attack="apgd")
   return x_adv

@@ -28,10 +28,9 @@ import jax
 import numpy as np
 
 from csl_jax.attacks import evaluate
-from csl_jax.attacks import objectives
+from csl_jax.attacks import validation
 from csl_jax.attacks.apgd import apgd_attack
 from csl_jax.attacks.apgd import apgd_early_exit
-from csl_jax.attacks.validation import check_attack_inputs
 
 VERSIONS = ("standard", "plus", "rand")
 
@@ -46,12 +45,15 @@ class Stage:
 @dataclasses.dataclass
 class AutoAttackResult:
   """x_adv f32[N, ...]; robust bool[N]; robust accuracy after the clean pass and each stage; wall-clock
-  seconds in total and per stage (including compilation)."""
+  seconds in total and per stage (including compilation); broken_by int16[N]: the index of the stage that
+  fooled each point (in robust_accuracy's order after "clean"), -1 for robust points, -2 for points already
+  misclassified without attack (fra31's log reports the same per-stage shares)."""
   x_adv: np.ndarray
   robust: np.ndarray
   robust_accuracy: Dict[str, float]
   seconds: float
   stage_seconds: Dict[str, float]
+  broken_by: Optional[np.ndarray] = None
 
 
 def _apgd_stage(logits_fn, *, eps, norm, loss, restart, target_rank=None, **options):
@@ -66,8 +68,9 @@ def _apgd_stage(logits_fn, *, eps, norm, loss, restart, target_rank=None, **opti
     key = jax.random.fold_in(key, restart)
     rank = 2 if target_rank is None else target_rank
     if early_exit:
-      x_adv, _ = apgd_early_exit(logits_fn, x, y, key, eps, rank, norm=norm, loss=loss, targeted=target_rank is not None,
-                                 n_iter=100, rho=options.get("rho", 0.75))
+      x_adv, _ = apgd_early_exit(logits_fn, x, y, key, eps, rank, norm=norm, loss=loss,
+                                 targeted=target_rank is not None, n_iter=100,
+                                 oscillation=options.get("oscillation", 0.75))
       return x_adv
     x_adv, _ = apgd_attack(
         logits_fn, x, y, key, eps, rank, norm=norm, loss=loss, n_iter=100,
@@ -124,6 +127,19 @@ def build_stages(logits_fn, *, eps, norm, version, num_classes) -> List[Stage]:
   return stages
 
 
+def check_clean_logits(logits_fn, x, *, batch_size, mesh=None):
+  """Raises a ValueError unless logits_fn gives finite logits on every image of x f32[N, ...].
+
+  One forward pass per image, in padded batches of `batch_size` (one compilation; AutoAttack then makes
+  hundreds of forward-backward passes per robust point). All batches are dispatched before one sync.
+  """
+  n = x.shape[0]
+  size = evaluate.padded_batch_size(batch_size, mesh)
+  finite = [validation.clean_logits_finite(logits_fn, evaluate.place(x[np.arange(start, start + size) % n], mesh))
+            for start in range(0, n, size)]
+  validation.check_finite_logits(bool(np.all(jax.device_get(finite))), attack="autoattack")
+
+
 def run_autoattack(logits_fn, x, y, *, eps, norm="linf", version="standard", key=None, batch_size=None, mesh=None,
                    progress=False, stages: Optional[List[Stage]] = None) -> AutoAttackResult:
   """AutoAttack over a whole evaluation set with the per-stage bookkeeping (see module docstring).
@@ -135,19 +151,22 @@ def run_autoattack(logits_fn, x, y, *, eps, norm="linf", version="standard", key
     progress: one tqdm bar per stage. stages: override the attack sequence (tests, custom versions).
   """
   x_float = evaluate.as_unit_float(x)
-  check_attack_inputs(x_float, y, eps=eps, norm=norm, attack="autoattack")
+  # Shapes, ranges, the model's [N, K] output and labels in [0, K) (K from jax.eval_shape, no model call).
+  validation.check_attack_inputs(x_float, y, eps=eps, norm=norm, attack="autoattack", logits_fn=logits_fn)
+  num_classes = validation.logits_shape(logits_fn, x_float)[1]
   labels = np.asarray(y, np.int32)
   key = jax.random.PRNGKey(0) if key is None else key
   n = x_float.shape[0]
-  batch_size = n if batch_size is None else min(int(batch_size), n)
+  batch_size = n if batch_size is None else validation.check_count(batch_size, "batch_size", attack="autoattack")
+  batch_size = min(batch_size, n)
   start = time.perf_counter()
+  check_clean_logits(logits_fn, x_float, batch_size=batch_size, mesh=mesh)
   clean_acc, robust = evaluate.clean_accuracy(logits_fn, x_float, labels, batch_size=batch_size, mesh=mesh)
   if stages is None:
-    logits_shape = jax.eval_shape(lambda a: objectives.with_key(logits_fn)(a, jax.random.PRNGKey(0)), x_float[:1])
-    num_classes = int(logits_shape.shape[1])
     stages = build_stages(logits_fn, eps=eps, norm=norm, version=version, num_classes=num_classes)
   history = {"clean": clean_acc}
   stage_seconds = {}
+  broken_by = np.where(robust, -1, -2).astype(np.int16)
   x_adv = x_float.copy()
   for i, stage in enumerate(stages):
     index = np.flatnonzero(robust)
@@ -161,10 +180,11 @@ def run_autoattack(logits_fn, x, y, *, eps, norm="linf", version="standard", key
     fooled = index[~still]
     x_adv[fooled] = adv[~still]
     robust[fooled] = False
+    broken_by[fooled] = i
     history[stage.name] = float(np.mean(robust))
     stage_seconds[stage.name] = time.perf_counter() - stage_start
   return AutoAttackResult(x_adv=x_adv, robust=robust, robust_accuracy=history, seconds=time.perf_counter() - start,
-                          stage_seconds=stage_seconds)
+                          stage_seconds=stage_seconds, broken_by=broken_by)
 
 
 def autoattack(logits_fn, x, y, *, eps, norm="linf", version="standard", key=None, batch_size=None, mesh=None,

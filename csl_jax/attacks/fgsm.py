@@ -16,20 +16,21 @@ import jax
 
 from csl_jax.attacks import objectives
 from csl_jax.attacks import projections
-from csl_jax.attacks.validation import check_attack_inputs
+from csl_jax.attacks import validation
 
 
 @functools.partial(jax.jit, static_argnames=("logits_fn", "norm"))
 def _fgsm(logits_fn, x, y, eps, *, norm):
+  """-> (x_adv f32[B, ...], bool[]: the clean logits, computed for the gradient anyway, are all finite)."""
   loss = objectives.get_loss("ce")
-  _, _, grad = objectives.eot_value_and_grad(logits_fn, loss)(x, y, y, jax.random.PRNGKey(0))
+  _, logits, grad = objectives.eot_value_and_grad(logits_fn, loss)(x, y, y, jax.random.PRNGKey(0))
   if norm == "linf":
     x_adv = x + eps * jax.numpy.sign(grad)
   elif norm == "l2":
     x_adv = x + eps * projections.normalize_direction(grad, "l2")
   else:
     x_adv = x + projections.l1_box_steepest_ascent(grad, x, eps)
-  return projections.project(x_adv, x, eps, norm)
+  return projections.project(x_adv, x, eps, norm), validation.all_finite(logits)
 
 
 def fgsm(logits_fn, x, y, *, eps, norm="linf"):
@@ -45,6 +46,12 @@ def fgsm(logits_fn, x, y, *, eps, norm="linf"):
 
   Returns:
     f32[B, ...] adversarial images with ‖x_adv − x‖_p ≤ eps and values in [0, 1].
+
+  Raises:
+    ValueError: bad inputs (see `validation.check_attack_inputs`: shapes, ranges, labels outside [0, K),
+      a model output that is not [B, K]) or a model with non-finite logits on x.
   """
-  x, y = check_attack_inputs(x, y, eps=eps, norm=norm, attack="fgsm")
-  return _fgsm(logits_fn, x, y, eps, norm=norm)
+  x, y = validation.check_attack_inputs(x, y, eps=eps, norm=norm, attack="fgsm", logits_fn=logits_fn)
+  x_adv, finite = _fgsm(logits_fn, x, y, eps, norm=norm)
+  validation.check_finite_logits(finite, attack="fgsm")
+  return x_adv

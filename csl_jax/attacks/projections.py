@@ -11,7 +11,8 @@ and return a point that lies in the ℓp ball of radius `eps` around x AND in th
   ball; it is the projection AutoAttack's APGD-ℓ2 uses (not the exact projection onto the intersection,
   which differs only when both constraints are active).
 - ℓ1: exact Euclidean projection onto {‖δ‖₁ ≤ eps} ∩ {0 ≤ x + δ ≤ 1} (Croce & Hein 2021, "Mind the
-  box"), solved by sorting the breakpoints of the piecewise-linear dual function.
+  box"); the soft threshold of the piecewise-linear dual function is bracketed by bisection over float
+  bit patterns and solved exactly on its last linear piece (no sort: see `_l1_box_threshold`).
 """
 import jax
 import jax.numpy as jnp
@@ -59,40 +60,57 @@ def project_l2(x_adv, x, eps):
   return jnp.clip(x + delta * per_example(scale, delta), 0.0, 1.0)
 
 
+# Bisection over the bit patterns of non-negative float32s, which are ordered like their values: 31
+# halvings of [0, 2^31) leave two adjacent floats. XLA:CPU's sort made the sort-based versions of the
+# ℓ1 threshold and the top-k mask cost more than the model's forward and backward pass (on 256 CIFAR
+# images: 490 ms and 150 ms per PGD-ℓ1 step against 330 ms for small_cnn); 31 elementwise passes do not.
+_FLOAT_BISECTION_STEPS = 31
+
+
+def _as_float(bits):
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def _as_bits(values):
+  return jax.lax.bitcast_convert_type(values.astype(jnp.float32), jnp.int32)
+
+
+def _bisect_float(predicate, lo, hi):
+  """Adjacent float bit patterns (lo, hi) with predicate(lo) and not predicate(hi), per row.
+
+  predicate(bits int32[B]) -> bool[B] must be true at lo, false at hi and change only once in between
+  (monotone in the value). lo, hi: int32[B] bit patterns of non-negative float32s.
+  """
+  def halve(_, bounds):
+    lo, hi = bounds
+    mid = lo + (hi - lo) // 2
+    holds = predicate(mid)
+    return jnp.where(holds, mid, lo), jnp.where(holds, hi, mid)
+
+  return jax.lax.fori_loop(0, _FLOAT_BISECTION_STEPS, halve, (lo, hi))
+
+
 def _l1_box_threshold(a, u, eps):
   """Soft threshold λ ≥ 0 with Σ_i clip(a_i − λ, 0, u_i) = eps (or 0 when the box alone satisfies it).
 
   a, u: f32[B, n] magnitudes |v_i| and per-coordinate box room u_i ≥ 0; eps: scalar or f32[B].
-  g(λ) = Σ_i clip(a_i − λ, 0, u_i) is piecewise linear and non-increasing; coordinate i has slope −1 on
-  [max(a_i − u_i, 0), a_i]. Sorting these 2n breakpoints and accumulating the slope gives g at every
-  breakpoint in O(n log n); the root lies in the first segment where g drops to ≤ eps.
+  g(λ) = Σ_i clip(a_i − λ, 0, u_i) is piecewise linear and non-increasing, with breakpoints a_i − u_i and
+  a_i (all float32s). Bisection over float bit patterns brackets the root between adjacent floats
+  lo < hi (g(lo) > eps ≥ g(hi)); no breakpoint lies strictly between them, so g is linear there with
+  slope −(number of coordinates with a_i − u_i ≤ lo < a_i) and the root is solved exactly on that piece.
   """
-  batch, n = a.shape
-  eps = jnp.broadcast_to(jnp.asarray(eps, a.dtype), (batch,))
-  starts = jnp.maximum(a - u, 0.0)
-  times = jnp.concatenate([starts, a], axis=1)
-  slopes = jnp.concatenate([-jnp.ones_like(a), jnp.ones_like(a)], axis=1)
-  order = jnp.argsort(times, axis=1)
-  times = jnp.take_along_axis(times, order, axis=1)
-  slope_after = jnp.cumsum(jnp.take_along_axis(slopes, order, axis=1), axis=1)
+  batch = a.shape[0]
+  a = a.astype(jnp.float32)
+  eps = jnp.broadcast_to(jnp.asarray(eps, jnp.float32), (batch,))
+  g = lambda lam: jnp.sum(jnp.clip(a - lam[:, None], 0.0, u), axis=1)  # noqa: E731
   g0 = jnp.sum(jnp.minimum(a, u), axis=1)
-  drops = slope_after[:, :-1] * jnp.diff(times, axis=1)
-  g_at = g0[:, None] + jnp.concatenate([jnp.zeros((batch, 1), a.dtype), jnp.cumsum(drops, axis=1)], axis=1)
-  # g is non-increasing, so the breakpoints with g > eps form a prefix; the root is in segment k.
-  k = jnp.clip(jnp.sum(g_at > eps[:, None], axis=1) - 1, 0, 2 * n - 1)
-  t_k = jnp.take_along_axis(times, k[:, None], axis=1)[:, 0]
-  g_k = jnp.take_along_axis(g_at, k[:, None], axis=1)[:, 0]
-  s_k = jnp.take_along_axis(slope_after, k[:, None], axis=1)[:, 0]
-  lam = t_k + (g_k - eps) / jnp.maximum(-s_k, 1.0)
-
-  # Two Newton steps on the exact g remove the rounding accumulated by the cumulative sums.
-  def newton(lam, _):
-    g = jnp.sum(jnp.clip(a - lam[:, None], 0.0, u), axis=1)
-    active = jnp.sum((a - lam[:, None] > 0) & (a - lam[:, None] < u), axis=1)
-    return lam + (g - eps) / jnp.maximum(active, 1), None
-
-  lam, _ = jax.lax.scan(newton, lam, None, length=2)
-  return jnp.where(g0 > eps, jnp.maximum(lam, 0.0), 0.0)
+  top = _as_bits(jnp.max(a, axis=1))
+  lo, hi = _bisect_float(lambda bits: g(_as_float(bits)) > eps, jnp.zeros_like(top), top)
+  lam_lo = _as_float(lo)
+  over = a - lam_lo[:, None]
+  active = jnp.sum((over > 0) & (over <= u), axis=1)
+  lam = jnp.clip(lam_lo + (g(lam_lo) - eps) / jnp.maximum(active, 1), lam_lo, _as_float(hi))
+  return jnp.where(g0 > eps, lam, 0.0)
 
 
 def project_l1(x_adv, x, eps):
@@ -150,14 +168,19 @@ def top_fraction_mask(magnitudes, fraction):
   """bool[B, ...]: the coordinates whose magnitude reaches the (1 − fraction) quantile, per example.
 
   magnitudes: f32[B, ...] ≥ 0; fraction: scalar or f32[B] in (0, 1]. The threshold is the sorted value at
-  index ⌊(1 − fraction) · d⌋ (clipped to [0, d − 1]), the sparsity rule of APGD-ℓ1 and SLIDE.
+  index ⌊(1 − fraction) · d⌋ (clipped to [0, d − 1]), the sparsity rule of APGD-ℓ1 and SLIDE: the k-th
+  largest magnitude with k = d − index, i.e. the largest t with #{i: |m_i| ≥ t} ≥ k, found by bisection
+  over float bit patterns (the count only changes at the magnitudes themselves, so t is one of them).
   """
-  flat = jnp.reshape(magnitudes, (magnitudes.shape[0], -1))
+  flat = jnp.abs(jnp.reshape(magnitudes, (magnitudes.shape[0], -1))).astype(jnp.float32)
   dim = flat.shape[1]
   fraction = jnp.broadcast_to(jnp.asarray(fraction, flat.dtype), (flat.shape[0],))
   index = jnp.clip(jnp.floor((1.0 - fraction) * dim), 0, dim - 1).astype(jnp.int32)
-  threshold = jnp.take_along_axis(jnp.sort(flat, axis=1), index[:, None], axis=1)
-  return jnp.reshape(flat >= threshold, magnitudes.shape)
+  count_needed = dim - index
+  enough = lambda bits: jnp.sum(flat >= _as_float(bits)[:, None], axis=1) >= count_needed  # noqa: E731
+  top = _as_bits(jnp.max(flat, axis=1)) + 1
+  threshold, _ = _bisect_float(enough, jnp.zeros_like(top), top)
+  return jnp.reshape(flat >= _as_float(threshold)[:, None], magnitudes.shape)
 
 
 def l1_box_steepest_ascent(grad, x, eps):

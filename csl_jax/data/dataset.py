@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-Batch = dict  # {"image": u8[local_b, H, W, C], "label": i32[local_b]}
+Batch = dict  # {"image": u8[local_b, H, W, C], "label": i32[local_b], "index": i32[local_b]}
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
@@ -116,7 +116,9 @@ class ArrayDataset:
   def batches(self, global_batch_size: int, *, seed: int, start_step: int = 0, shuffle: bool = True,
               drop_remainder: bool = True, process_index: int | None = None,
               process_count: int | None = None) -> Iterator[Batch]:
-    """Yields {"image": u8[local_b, H, W, C], "label": i32[local_b]}, local_b = global_batch_size // process_count.
+    """Yields {"image": u8[local_b, H, W, C], "label": i32[local_b], "index": i32[local_b]},
+    local_b = global_batch_size // process_count; "index" is each example's position in this dataset (what
+    per-example training state, e.g. IFND's pseudo-labels, is looked up by).
 
     shuffle=True: an endless stream of epochs, each a fresh permutation (see `epoch_permutation`);
     global step s is a pure function of (seed, s), so `start_step=s` resumes exactly.
@@ -141,7 +143,7 @@ class ArrayDataset:
         order, order_epoch = epoch_permutation(self.num_examples, seed, epoch), epoch
       indices = order[within * global_batch_size:(within + 1) * global_batch_size]
       indices = indices[process_slice(len(indices), process_index, process_count)]
-      yield {"image": self.images[indices], "label": self.labels[indices]}
+      yield {"image": self.images[indices], "label": self.labels[indices], "index": indices.astype(np.int32)}
       step += 1
 
 

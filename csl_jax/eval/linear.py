@@ -65,13 +65,20 @@ def train_linear_head(features, labels, num_classes: int, *, epochs: int = 100, 
 
 def _head_spec(config, model_fingerprint: dict) -> dict:
   c = config.linear_eval
-  return {"model": model_fingerprint, "train_split": config.dataset.train_split, "seed": config.seed,
-          "epochs": c.epochs, "batch_size": c.batch_size, "lr": c.lr, "weight_decay": c.weight_decay}
+  spec = {"model": model_fingerprint, "train_split": config.dataset.train_split, "seed": config.seed,
+          "epochs": c.epochs, "batch_size": c.batch_size, "lr": c.lr, "weight_decay": c.weight_decay,
+          "protocol": c.protocol}
+  if c.protocol == "adversarial":
+    spec.update(eps=c.adversarial_eps, step_size=c.adversarial_step_size, steps=c.adversarial_steps)
+  return spec
 
 
-def fit_or_load_head(config, train_features, run_dir, *, num_classes: int, model_fingerprint: dict) -> dict:
+def fit_or_load_head(config, train_features, run_dir, *, num_classes: int, model_fingerprint: dict,
+                     features_fn=None, train_ds=None, mesh=None) -> dict:
   """The linear probe of this run's encoder: loaded from linear_head.npz when it was fitted on the same
-  weights with the same settings, else fitted on `train_features()` (-> (f32[N, D], i32[N])) and saved."""
+  weights with the same settings, else fitted and saved. Standard protocol: on `train_features()`
+  (-> (f32[N, D], i32[N])); adversarial protocol (`linear_eval.protocol`): on PGD examples of the frozen
+  encoder `features_fn` (f32 [0, 1] images -> f32[B, D]) over `train_ds` (`eval.adversarial_probe`)."""
   run_dir = pathlib.Path(run_dir)
   head_path, meta_path = run_dir / "linear_head.npz", run_dir / "linear_head.json"
   spec = json.loads(json.dumps(_head_spec(config, model_fingerprint)))
@@ -82,10 +89,17 @@ def fit_or_load_head(config, train_features, run_dir, *, num_classes: int, model
     except ValueError:
       pass
     logging.info("%s: refitting the linear probe (the encoder or linear_eval settings changed).", run_dir.name)
-  features, labels = train_features()
   c = config.linear_eval
-  head = train_linear_head(features, labels, num_classes, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
-                           weight_decay=c.weight_decay, seed=config.seed)
+  if c.protocol == "adversarial":
+    from csl_jax.eval import adversarial_probe  # pylint: disable=g-import-not-at-top (imports the train package)
+    head = adversarial_probe.fit_adversarial_head(
+        features_fn, train_ds, num_classes, feature_dim=adversarial_probe.feature_dim(features_fn, train_ds.image_shape),
+        epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay, seed=config.seed,
+        eps=c.adversarial_eps, step_size=c.adversarial_step_size, steps=c.adversarial_steps, mesh=mesh)
+  else:
+    features, labels = train_features()
+    head = train_linear_head(features, labels, num_classes, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+                             weight_decay=c.weight_decay, seed=config.seed)
   if jax.process_index() == 0:
     tmp = run_dir / "linear_head.tmp.npz"
     np.savez(tmp, **head)
@@ -124,5 +138,8 @@ class LinearEvaluator:
       totals += np.asarray(jax.device_get(counts(batch.images, batch.labels, batch.mask)))
     top1, knn_top1 = totals[0] / totals[2], totals[1] / totals[2]
     logging.info("%s: linear top-1 %.2f%%, kNN top-1 %.2f%%", pathlib.Path(run_dir).name, 100 * top1, 100 * knn_top1)
-    return {"top1": float(top1), "knn_top1": float(knn_top1), "protocol": classifier.fingerprint.get("head", "linear"),
+    protocol = classifier.fingerprint.get("head", "linear_probe")
+    if protocol == "linear_probe" and self.config.linear_eval.protocol == "adversarial":
+      protocol = "adversarial_linear_probe"
+    return {"top1": float(top1), "knn_top1": float(knn_top1), "protocol": protocol,
             "num_test": int(totals[2])}

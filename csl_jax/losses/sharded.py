@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from csl_jax.losses import cancellation
 from csl_jax.losses import contrastive
+from csl_jax.losses import pseudo_label
 
 
 class LossSpec(NamedTuple):
@@ -34,12 +35,17 @@ class LossSpec(NamedTuple):
   takes_rho: whether the loss takes the (possibly traced) per-call threshold rho.
   check: optional check(hyper, num_images=None) raising ValueError for bad hyper-parameters; called once
     at build time without num_images and on every call with the global batch size N.
+  per_image: names of extra required per-image inputs ([N, ...] arrays sharded like z1, e.g. IFND's
+    "pseudo_labels"): the sharded loss takes them as keyword arguments, all-gathers them, and passes the row
+    function `<name>_rows` (this device's images) and `<name>_all` (the global batch); the public loss takes
+    them as keyword-able arguments of the same name.
   """
   public: Callable
   rows: Callable
   labels: Literal["required", "optional", "ignored"]
   takes_rho: bool
   check: Callable | None = None
+  per_image: tuple = ()
 
 
 def _without_counts(row_fn):
@@ -59,6 +65,7 @@ LOSSES = {
     "supcon": LossSpec(contrastive.supcon, _without_counts(contrastive.supcon_rows), "required", False),
     "adaptive_fnc": LossSpec(cancellation.adaptive_fnc, cancellation.adaptive_fnc_rows, "optional", True),
     "fnc": LossSpec(cancellation.fnc, cancellation.fnc_rows, "optional", False, _check_fnc),
+    "ifnd": LossSpec(pseudo_label.ifnd, pseudo_label.ifnd_rows, "optional", False, per_image=("pseudo_labels",)),
 }
 
 
@@ -68,7 +75,7 @@ def _loss_defaults(name: str) -> dict:
   return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "labels"}
 
 
-def _local_loss(z1, z2, labels, rho, *, name, hyper, axis_name, num_devices):
+def _local_loss(z1, z2, labels, rho, per_image, *, name, hyper, axis_name, num_devices):
   """Per-device body: local views [n, D] -> (global mean loss, global stats), both replicated."""
   num_local = z1.shape[0]
   z1_all = jax.lax.all_gather(z1, axis_name, tiled=True)
@@ -78,6 +85,8 @@ def _local_loss(z1, z2, labels, rho, *, name, hyper, axis_name, num_devices):
   rows = contrastive.anchor_rows(z1, z2, z1_all, z2_all, row_offset=offset, labels_rows=labels,
                                  labels_all=labels_all)
   spec = LOSSES[name]
+  for key, value in per_image.items():
+    hyper = {**hyper, f"{key}_rows": value, f"{key}_all": jax.lax.all_gather(value, axis_name, tiled=True)}
   per_anchor, counts = spec.rows(rows, **hyper, rho=rho) if spec.takes_rho else spec.rows(rows, **hyper)
   num_anchors = 2 * num_local * num_devices
   loss = jax.lax.psum(jnp.sum(per_anchor), axis_name) / num_anchors
@@ -90,7 +99,7 @@ def make_sharded_loss(name: str, mesh: jax.sharding.Mesh, *, axis_name: str = "d
   """Builds the global-batch version of a contrastive loss for a data-parallel mesh.
 
   Args:
-    name: "nt_xent", "supcon", "adaptive_fnc" or "fnc" (the keys of LOSSES).
+    name: "nt_xent", "supcon", "adaptive_fnc", "fnc" or "ifnd" (the keys of LOSSES).
     mesh: a jax.sharding.Mesh with an axis `axis_name` over which the batch is sharded (other mesh axes,
       if any, see the batch replicated).
     axis_name: the data-parallel mesh axis.
@@ -98,7 +107,8 @@ def make_sharded_loss(name: str, mesh: jax.sharding.Mesh, *, axis_name: str = "d
       top_k for fnc); missing ones take the single-device function's defaults.
 
   Returns:
-    fn(z1, z2, labels=None, rho=None) -> (f32[] loss, dict of f32[] stats), replicated. z1, z2:
+    fn(z1, z2, labels=None, rho=None, **per_image) -> (f32[] loss, dict of f32[] stats), replicated (per_image:
+    the loss's `LossSpec.per_image` inputs, e.g. ifnd's pseudo_labels=int[N, L]). z1, z2:
     f32/bf16[N, D] global arrays (N divisible by the axis size), labels: int[N] or None. labels are needed
     by supcon, give precision/recall stats for the FNC losses and are ignored by nt_xent. rho (adaptive_fnc
     only; may be traced, e.g. rho_fn(step)) overrides loss_kwargs["rho"]. stats is {} for nt_xent and
@@ -123,8 +133,15 @@ def make_sharded_loss(name: str, mesh: jax.sharding.Mesh, *, axis_name: str = "d
   num_devices = mesh.shape[axis_name]
   explicit_axis = mesh.axis_types[mesh.axis_names.index(axis_name)] == AxisType.Explicit
 
-  def loss_fn(z1, z2, labels=None, rho=None):
+  def loss_fn(z1, z2, labels=None, rho=None, **per_image):
     contrastive.check_views(z1, z2, labels, what=f"sharded {name}")
+    if set(per_image) != set(spec.per_image):
+      raise ValueError(f"sharded {name} takes the per-image inputs {sorted(spec.per_image)} as keyword "
+                       f"arguments; got {sorted(per_image)}.")
+    for key, value in per_image.items():
+      if jnp.shape(value)[:1] != jnp.shape(z1)[:1]:
+        raise ValueError(f"sharded {name}: {key} must have one row per image ({z1.shape[0]}), "
+                         f"got shape {jnp.shape(value)}.")
     if z1.shape[0] % num_devices:
       raise ValueError(f"sharded {name}: batch size {z1.shape[0]} is not divisible by the {num_devices} "
                        f"devices of mesh axis {axis_name!r}; use a global batch that is a multiple of it.")
@@ -146,6 +163,7 @@ def make_sharded_loss(name: str, mesh: jax.sharding.Mesh, *, axis_name: str = "d
     optional = {} if labels is None else {"labels": labels}
     if rho is not None:
       optional["rho"] = rho
+    optional.update(per_image)
     args = (z1, z2, optional)
     specs = (P(axis_name), P(axis_name), {key: P() if key == "rho" else P(axis_name) for key in optional})
     if explicit_axis:
@@ -153,7 +171,8 @@ def make_sharded_loss(name: str, mesh: jax.sharding.Mesh, *, axis_name: str = "d
       args = jax.tree.map(lambda a, s: jax.reshard(a, NamedSharding(mesh, s)), args, specs)
 
     def per_device(z1, z2, optional):
-      return _local_loss(z1, z2, optional.get("labels"), optional.get("rho"), name=name, hyper=hyper,
+      extra = {key: optional[key] for key in spec.per_image}
+      return _local_loss(z1, z2, optional.get("labels"), optional.get("rho"), extra, name=name, hyper=hyper,
                          axis_name=axis_name, num_devices=num_devices)
 
     return jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P())(*args)

@@ -10,6 +10,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from csl_jax.models.branch_norm import batch_norm
+
 
 def normalize(x, mean: Sequence[float], std: Sequence[float]):
   """Per-channel standardisation of f32[..., C] images in [0, 1]."""
@@ -22,25 +24,30 @@ class ProjectionHead(nn.Module):
   """SimCLR projection g(.): Dense-BN-ReLU-Dense, f32[B, D] -> f32[B, out_dim] (Chen et al. 2020a)."""
   hidden_dim: int = 512
   out_dim: int = 128
+  dual_bn: bool = False  # ACL(DS): a second BatchNorm for adversarial inputs (`branch_norm`)
 
   @nn.compact
-  def __call__(self, h, *, train: bool = True):
+  def __call__(self, h, *, train: bool = True, adversarial: bool = False):
     h = nn.Dense(self.hidden_dim, use_bias=False, name="dense0")(h)
-    h = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn0")(h)
+    make_bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
+    h = batch_norm(self, make_bn, "bn0", h, dual=self.dual_bn, adversarial=adversarial)
     h = nn.relu(h)
     return nn.Dense(self.out_dim, name="dense1")(h)
 
 
 class ContrastiveModel(nn.Module):
-  """encoder + projection head. Returns (features f32[B, D], projections f32[B, out_dim])."""
+  """encoder + projection head. Returns (features f32[B, D], projections f32[B, out_dim]).
+
+  adversarial=True (dual-BN encoder and head only, ACL(DS)) uses the adversarial BatchNorm branch."""
   encoder: nn.Module
   projection: ProjectionHead
   mean: Sequence[float]
   std: Sequence[float]
 
-  def __call__(self, images, *, train: bool = True):
-    features = self.encoder(normalize(images, self.mean, self.std), train=train)
-    return features, self.projection(features, train=train)
+  def __call__(self, images, *, train: bool = True, adversarial: bool = False):
+    branch = {"adversarial": True} if adversarial else {}
+    features = self.encoder(normalize(images, self.mean, self.std), train=train, **branch)
+    return features, self.projection(features, train=train, **branch)
 
 
 class ImageClassifier(nn.Module):

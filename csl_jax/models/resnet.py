@@ -22,6 +22,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from csl_jax.models.branch_norm import batch_norm
+
 # torchvision initialises convs with kaiming_normal_(mode="fan_out", nonlinearity="relu").
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -45,22 +47,29 @@ def _batch_norm(train: bool, dtype: Any, name: str, zero_scale: bool = False):
                       scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones, name=name)
 
 
+def _bn(parent, x, train: bool, dtype: Any, name: str, zero_scale: bool = False, *, adversarial: bool = False):
+  """`_batch_norm` applied to x, with `parent.dual_bn`'s second (adversarial) branch when it has one."""
+  make = lambda n: _batch_norm(train, dtype, n, zero_scale)
+  return batch_norm(parent, make, name, x, dual=parent.dual_bn, adversarial=adversarial)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convs + identity (or 1x1 projection) shortcut: f32[B, H, W, C] -> [B, H/s, W/s, width]."""
   width: int
   strides: int = 1
   dtype: Any = jnp.float32
   zero_init_residual: bool = False
+  dual_bn: bool = False
   expansion = 1
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, *, train: bool, adversarial: bool = False):
     out_channels = self.width * self.expansion
     y = _conv(self.width, 3, self.strides, self.dtype, "conv1")(x)
-    y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
+    y = nn.relu(_bn(self, y, train, self.dtype, "bn1", adversarial=adversarial))
     y = _conv(out_channels, 3, 1, self.dtype, "conv2")(y)
-    y = _batch_norm(train, self.dtype, "bn2", self.zero_init_residual)(y)
-    return nn.relu(y + _shortcut(x, out_channels, self.strides, train, self.dtype))
+    y = _bn(self, y, train, self.dtype, "bn2", self.zero_init_residual, adversarial=adversarial)
+    return nn.relu(y + _shortcut(self, x, out_channels, self.strides, train, self.dtype, adversarial))
 
 
 class Bottleneck(nn.Module):
@@ -69,21 +78,22 @@ class Bottleneck(nn.Module):
   strides: int = 1
   dtype: Any = jnp.float32
   zero_init_residual: bool = False
+  dual_bn: bool = False
   expansion = 4
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, *, train: bool, adversarial: bool = False):
     out_channels = self.width * self.expansion
     y = _conv(self.width, 1, 1, self.dtype, "conv1")(x)
-    y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
+    y = nn.relu(_bn(self, y, train, self.dtype, "bn1", adversarial=adversarial))
     y = _conv(self.width, 3, self.strides, self.dtype, "conv2")(y)
-    y = nn.relu(_batch_norm(train, self.dtype, "bn2")(y))
+    y = nn.relu(_bn(self, y, train, self.dtype, "bn2", adversarial=adversarial))
     y = _conv(out_channels, 1, 1, self.dtype, "conv3")(y)
-    y = _batch_norm(train, self.dtype, "bn3", self.zero_init_residual)(y)
-    return nn.relu(y + _shortcut(x, out_channels, self.strides, train, self.dtype))
+    y = _bn(self, y, train, self.dtype, "bn3", self.zero_init_residual, adversarial=adversarial)
+    return nn.relu(y + _shortcut(self, x, out_channels, self.strides, train, self.dtype, adversarial))
 
 
-def _shortcut(x, out_channels: int, strides: int, train: bool, dtype: Any):
+def _shortcut(block, x, out_channels: int, strides: int, train: bool, dtype: Any, adversarial: bool = False):
   """Identity, or torchvision's `downsample` (1x1 strided conv + BN) when the shape changes.
 
   Called inside a block's compact `__call__`, so the submodules are named under that block.
@@ -92,7 +102,7 @@ def _shortcut(x, out_channels: int, strides: int, train: bool, dtype: Any):
     return x
   x = nn.Conv(out_channels, (1, 1), strides=(strides, strides), padding="VALID", use_bias=False,
               dtype=dtype, kernel_init=_conv_init, name="downsample_conv")(x)
-  return _batch_norm(train, dtype, "downsample_bn")(x)
+  return _bn(block, x, train, dtype, "downsample_bn", adversarial=adversarial)
 
 
 class ResNet(nn.Module):
@@ -108,6 +118,8 @@ class ResNet(nn.Module):
     dtype: computation dtype (bf16 on accelerators); params and BN statistics stay f32.
     zero_init_residual: start each block's last BN scale at 0, so blocks begin as identities
       (Goyal et al. 2017); off by default, as in torchvision.
+    dual_bn: a second set of BatchNorms for adversarial inputs (ACL(DS), `branch_norm`), used when called
+      with adversarial=True; off by default (parameters and outputs as without it).
   """
   stage_sizes: Sequence[int]
   bottleneck: bool
@@ -115,15 +127,16 @@ class ResNet(nn.Module):
   width: int = 64
   dtype: Any = jnp.float32
   zero_init_residual: bool = False
+  dual_bn: bool = False
 
   @nn.compact
-  def __call__(self, x, *, train: bool = True):
+  def __call__(self, x, *, train: bool = True, adversarial: bool = False):
     x = x.astype(self.dtype)
     if self.imagenet_stem:
       x = _conv(self.width, 7, 2, self.dtype, "conv1")(x)
     else:
       x = _conv(self.width, 3, 1, self.dtype, "conv1")(x)
-    x = nn.relu(_batch_norm(train, self.dtype, "bn1")(x))
+    x = nn.relu(_bn(self, x, train, self.dtype, "bn1", adversarial=adversarial))
     if self.imagenet_stem:
       # Pads with -inf like torch's MaxPool2d(3, 2, padding=1).
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -132,8 +145,8 @@ class ResNet(nn.Module):
       for index in range(num_blocks):
         strides = 2 if stage > 0 and index == 0 else 1
         x = block(width=self.width * 2**stage, strides=strides, dtype=self.dtype,
-                  zero_init_residual=self.zero_init_residual,
-                  name=f"layer{stage + 1}_{index}")(x, train=train)
+                  zero_init_residual=self.zero_init_residual, dual_bn=self.dual_bn,
+                  name=f"layer{stage + 1}_{index}")(x, train=train, adversarial=adversarial)
     # Pool in f32: a bf16 mean over many positions loses precision.
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
@@ -142,7 +155,7 @@ def _factory(name: str):
   def build(**kwargs) -> ResNet:
     return ResNet(**ARCHITECTURES[name], **kwargs)
   build.__name__ = name
-  build.__doc__ = (f"{name}: {ARCHITECTURES[name]}; kwargs (width, dtype, zero_init_residual) go to "
+  build.__doc__ = (f"{name}: {ARCHITECTURES[name]}; kwargs (width, dtype, zero_init_residual, dual_bn) go to "
                    "`ResNet`.")
   return build
 

@@ -4,6 +4,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from csl_jax.models.branch_norm import batch_norm
+
 
 def max_pool_2x2(x):
   """2x2/2 max-pool (VALID, odd edges dropped) as an element-wise max of the four window corners.
@@ -25,16 +27,20 @@ class SmallCNN(nn.Module):
 
   Input: f32[B, H, W, C] already normalised (see `models.heads.normalize`).
   Output: f32[B, widths[-1]] features.
+  dual_bn: a second BatchNorm per layer for adversarial inputs (`branch_norm`; ACL(DS)), chosen by
+    `adversarial=True`.
   """
   widths: Sequence[int] = (32, 64, 128)
   dtype: jnp.dtype = jnp.float32
+  dual_bn: bool = False
 
   @nn.compact
-  def __call__(self, x, *, train: bool = True):
+  def __call__(self, x, *, train: bool = True, adversarial: bool = False):
     x = x.astype(self.dtype)
     for i, width in enumerate(self.widths):
       x = nn.Conv(width, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype, name=f"conv{i}")(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f"bn{i}")(x)
+      make_bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=name)
+      x = batch_norm(self, make_bn, f"bn{i}", x, dual=self.dual_bn, adversarial=adversarial)
       x = nn.relu(x)
       # No pooling after the last stage: tiny inputs (8x8 digits) keep a 2x2 map.
       if i < len(self.widths) - 1 and min(x.shape[1:3]) >= 2:

@@ -25,22 +25,25 @@ def _apply_updates(state, tx, grads, batch_stats):
                        opt_state=opt_state, batch_stats=batch_stats)
 
 
-def contrastive_step(state, batch, key, *, model, tx, loss_fn, augment_fn, schedule_fn, lr_fn):
-  """One contrastive pretraining step (SimCLR, SupCon, FNC, Adaptive FNC, ...).
+def contrastive_step(state, batch, key, *, model, tx, loss_fn, augment_fn, schedule_fn, lr_fn, inputs_fn=None):
+  """One contrastive pretraining step (SimCLR, SupCon, FNC, Adaptive FNC, IFND, ...).
 
-  loss_fn(z1, z2, labels, **scheduled) -> (loss, stats): a (sharded) loss from `csl_jax.losses`.
+  loss_fn(z1, z2, labels, **scheduled, **inputs) -> (loss, stats): a (sharded) loss from `csl_jax.losses`.
   schedule_fn(step) -> {loss keyword: f32[]}: the method's scheduled hyper-parameters (e.g. {"rho": ρ(step)}),
   passed to the loss and logged with the step's metrics.
+  inputs_fn(state, batch) -> {loss keyword: per-image array}: extra loss inputs read from the method's state
+  (e.g. IFND's pseudo-labels of the batch's examples); None for most methods. Not logged.
   """
   step_key = jax.random.fold_in(key, state.step)
   views = two_views(step_key, batch["image"], augment_fn)
   scheduled = schedule_fn(state.step)
+  inputs = {} if inputs_fn is None else inputs_fn(state, batch)
 
   def objective(params):
     (_, z), mutated = model.apply({"params": params, "batch_stats": state.batch_stats}, views,
                                   train=True, mutable=["batch_stats"])
     z = z.astype(jnp.float32).reshape((-1, 2, z.shape[-1]))
-    loss, stats = loss_fn(z[:, 0], z[:, 1], batch["label"], **scheduled)
+    loss, stats = loss_fn(z[:, 0], z[:, 1], batch["label"], **scheduled, **inputs)
     return loss, (mutated["batch_stats"], stats)
 
   (loss, (batch_stats, stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
