@@ -27,6 +27,7 @@ from csl_jax.losses import sharded as sharded_losses
 from csl_jax.train import sharding
 from csl_jax.train import adversarial
 from csl_jax.train import step as step_lib
+from csl_jax.train.state import NoMethodState
 
 # ----------------------------------------------------------------------------------------------------
 # Families: what differs between contrastive pretraining and supervised training.
@@ -36,22 +37,9 @@ def _encoder(config):
   return models.get_encoder(config.model.encoder, dtype=jnp.dtype(config.model.dtype))
 
 
-class Contrastive:
+class Contrastive(NoMethodState):
   """Encoder + projection head trained on two views with a contrastive loss; evaluated by a linear probe."""
   trains_classifier = False
-
-  @staticmethod
-  def initial_method_state(method, config, num_examples: int):
-    """The method's extra training state (`TrainState.method_state`), a pytree of arrays; {} for most."""
-    del method, config, num_examples
-    return {}
-
-  @staticmethod
-  def refresh(method, config, state, step: int, *, model, train_ds, mesh):
-    """Called by the loop before every step, outside jit (e.g. to re-cluster the training set every few
-    epochs); returns the state, updated or not. Must be a pure function of (state, step) for exact resume."""
-    del method, config, step, model, train_ds, mesh
-    return state
 
   @staticmethod
   def build_model(config, num_classes: int, mean, std):
@@ -79,11 +67,9 @@ class Contrastive:
     return clf, clf_vars
 
 
-class Supervised:
+class Supervised(NoMethodState):
   """Encoder + linear head trained end to end with cross-entropy; the trained head is the classifier."""
   trains_classifier = True
-  initial_method_state = Contrastive.initial_method_state
-  refresh = Contrastive.refresh
 
   @staticmethod
   def build_model(config, num_classes: int, mean, std):
@@ -226,12 +212,10 @@ def get(name: str) -> Method:
   return REGISTRY[name]
 
 
-def features_and_classifier(method: Method, model, variables, head, num_classes: int):
-  """(jitted features fn, jitted logits fn) of a trained model, both f32[B, H, W, C] in [0, 1] -> f32[B, .]."""
-  features = jax.jit(method.family.features(model, variables))
+def classifier_logits(method: Method, model, variables, head, num_classes: int):
+  """Jitted logits of a trained model (its own head, or the linear probe `head`): f32[B, H, W, C] in [0, 1] -> f32[B, K]."""
   clf, clf_vars = method.family.classifier(model, variables, head, num_classes)
-  logits = jax.jit(lambda x: clf.apply(clf_vars, x, train=False))
-  return features, logits
+  return jax.jit(lambda x: clf.apply(clf_vars, x, train=False))
 
 
 # Methods whose family lives in its own module register themselves there (their family subclasses one above).

@@ -57,8 +57,7 @@ def trained_classifier(config, method, pretrained, run_dir, train_ds, mesh) -> t
     fingerprint = {**fingerprint, "head": "linear_probe", "head_sha256": evaluators.digest(head)}
   else:
     fingerprint = {**fingerprint, "head": "end_to_end"}
-  features, logits = methods.features_and_classifier(method, pretrained.model, pretrained.variables, head,
-                                                     train_ds.num_classes)
+  logits = methods.classifier_logits(method, pretrained.model, pretrained.variables, head, train_ds.num_classes)
   classifier = evaluators.Classifier(features=features, logits=logits, num_classes=train_ds.num_classes,
                                      class_names=tuple(train_ds.class_names), mesh=mesh, fingerprint=fingerprint)
   return classifier, train_features

@@ -43,6 +43,7 @@ from csl_jax import models
 from csl_jax.attacks.pgd import ascent_direction
 from csl_jax.attacks import projections
 from csl_jax.train import step as step_lib
+from csl_jax.train.state import NoMethodState
 
 NORM = "linf"  # both recipes train against an ℓ∞ adversary (Table 5: "trained with PGD ℓ∞")
 
@@ -135,21 +136,11 @@ def acl_step(state, batch, key, *, model, tx, loss_fn, augment_fn, schedule_fn, 
   return step_lib._apply_updates(state, tx, grads, batch_stats), metrics
 
 
-class AdversarialContrastive:
+class AdversarialContrastive(NoMethodState):
   """Contrastive family whose step trains on PGD views of the contrastive loss; evaluated like `Contrastive`
   (linear probe on the clean encoder). Subclasses choose the recipe: `RoCL` or `ACL`."""
   trains_classifier = False
   dual_bn = False
-
-  @staticmethod
-  def initial_method_state(method, config, num_examples: int):
-    del method, config, num_examples
-    return {}
-
-  @staticmethod
-  def refresh(method, config, state, step: int, *, model, train_ds, mesh):
-    del method, config, step, model, train_ds, mesh
-    return state
 
   @classmethod
   def build_model(cls, config, num_classes: int, mean, std):
