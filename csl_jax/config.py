@@ -29,7 +29,7 @@ VARIANTS = {
     "resnet18": "CIFAR ResNet-18 instead of ResNet-50 (same schedule)",
     "short": "20 epochs (2 warm-up), for a first look",
     "cifar100": "CIFAR-100 instead of CIFAR-10 (tfds:cifar100)",
-    "smoke": "sklearn digits, small CNN, a few steps and a tiny evaluation: any config in about a minute on a CPU",
+    "smoke": "sklearn digits, small CNN, a few steps and a tiny evaluation: about a minute per run on a CPU",
 }
 
 
@@ -69,9 +69,10 @@ def base_config() -> ml_collections.ConfigDict:
   # classic "pad_crop_flip" recipe.
   c.methods.ce = ml_collections.ConfigDict({"augment": "simclr", "jitter_strength": 0.25})
   # IFND (Chen et al. ICLR 2022; csl_jax/ifnd.py): hierarchical k-means of the training set (finest level first,
-  # each level clusters the centroids of the one below) every recluster_every_epochs epochs; the share of samples
-  # (most similar to their centroid first) given a pseudo-label grows linearly from acceptance_initial to
-  # acceptance_final over training; negatives sharing the anchor's accepted label at any level are eliminated.
+  # each level clusters the size-weighted centroids of the one below) every recluster_every_epochs epochs; the
+  # share of samples (most similar to their centroid first) given a pseudo-label grows linearly from
+  # acceptance_initial to acceptance_final over training; negatives sharing the anchor's accepted label at any
+  # level are eliminated.
   c.methods.ifnd = ml_collections.ConfigDict({"temperature": 0.5, "num_clusters": "100,30,10",
                                               "recluster_every_epochs": 1.0, "kmeans_iters": 20,
                                               "acceptance_initial": 0.0, "acceptance_final": 1.0})
@@ -189,6 +190,9 @@ def smoke(c) -> None:
   c.optim.lr_scaling = "none"
   c.optim.weight_decay = 1e-4
   c.optim.warmup_epochs = 0.0
+  for sub in c.methods.values():  # adversarial pretraining (RoCL, ACL): a 3-step PGD still attacks, ~half the step
+    if "steps" in sub:
+      sub.steps = min(sub.steps, 3)
   c.linear_eval.epochs = 10
   c.linear_eval.batch_size = 256
   c.linear_eval.knn_k = 20

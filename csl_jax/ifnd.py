@@ -18,14 +18,15 @@ when and as the uninterrupted one does. The train step looks up each batch examp
 (`batch["index"]`), which only the in-memory `ArrayDataset` provides.
 
 Sources and choices. The authors' code (github.com/tsaishien-chen/IFND) could not be retrieved here, so the details
-follow the paper (arXiv 2106.03719): hierarchical clustering of the embeddings at several granularities, a
-negative counts as false when it shares the anchor's pseudo-label, per-sample confidence from the distance to the
-assigned centroid, an acceptance rate that grows with training, elimination rather than attraction. Chosen here
+follow the paper (arXiv 2106.03719): hierarchical clustering of the embeddings at several granularities, a negative
+counts as false when it shares the anchor's pseudo-label, per-sample confidence from the distance to the assigned
+centroid, an acceptance rate that grows with training, elimination rather than attraction. Chosen here
 (configurable in `config.methods.ifnd`): the levels (`num_clusters`, default "100,30,10", each level clustering the
-centroids of the one below), confidence = cosine similarity to the assigned centroid ranked per level, the
-acceptance rate linear in the training step from `acceptance_initial` to `acceptance_final` (evaluated at each
-re-clustering), re-clustering every epoch, 20 Lloyd iterations from random initial centroids (seeded by the run's
-seed and the step), and a false negative = same accepted label at any level.
+centroids of the one below, weighted by their sizes), confidence = cosine similarity to the assigned centroid
+ranked per level, the acceptance rate linear in the training step from `acceptance_initial` to `acceptance_final`
+(evaluated at each re-clustering), re-clustering every epoch, 20 Lloyd iterations from k-means++ initial centroids
+(seeded by the run's seed and the step; uniformly drawn ones merged planted clusters, see
+`clustering.initial_centroids`), and a false negative = same accepted label at any level.
 """
 import jax
 import jax.numpy as jnp

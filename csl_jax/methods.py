@@ -18,10 +18,10 @@ import functools
 import inspect
 from typing import Callable, Dict, Optional, Tuple
 
-import jax
 import jax.numpy as jnp
 
 from csl_jax import losses, models
+from csl_jax.models import inference
 from csl_jax.data import augment
 from csl_jax.losses import sharded as sharded_losses
 from csl_jax.train import sharding
@@ -56,7 +56,7 @@ class Contrastive(NoMethodState):
 
   @staticmethod
   def features(model, variables) -> Callable:
-    return lambda x: model.apply(variables, x, train=False)[0]
+    return inference.bind(model, variables, output=0)
 
   @staticmethod
   def classifier(model, variables, head, num_classes: int):
@@ -83,7 +83,7 @@ class Supervised(NoMethodState):
 
   @staticmethod
   def features(model, variables) -> Callable:
-    return lambda x: model.apply(variables, x, train=False, method=models.ImageClassifier.features)
+    return inference.bind(model, variables, method=models.ImageClassifier.features)
 
   @staticmethod
   def classifier(model, variables, head, num_classes: int):
@@ -132,6 +132,8 @@ class Method:
   sample_inputs: for losses with per-image inputs beside the views (`LossSpec.per_image`, e.g. IFND's
     pseudo-labels): (numpy Generator, N) -> {name: array[N, ...]} of valid example inputs, so checks generated
     from the registry (tests/test_methods.py) can call the loss; None when the loss takes none.
+  base: the registry name of the method this one is a version of with Adaptive FNC added (afnc -> simclr,
+    arocl -> rocl, aacl -> acl); the report prints each such run's improvement over a run of its base. None: none.
   """
   name: str
   title: str
@@ -142,6 +144,7 @@ class Method:
   needs_labels: bool = False
   augment_fn: Callable = simclr_augment
   sample_inputs: Optional[Callable] = None
+  base: Optional[str] = None
 
   def settings(self, config):
     """The method's config sub-tree, `config.methods.<name>`."""
@@ -187,14 +190,14 @@ REGISTRY: Dict[str, Method] = {m.name: m for m in (
     Method("simclr", "SimCLR", Contrastive, loss="nt_xent", loss_fields=("temperature",)),
     Method("fnc", "SimCLR + FNC", Contrastive, loss="fnc", loss_fields=("temperature", "threshold", "top_k")),
     Method("afnc", "SimCLR + Adaptive FNC", Contrastive, loss="adaptive_fnc", loss_fields=("temperature",),
-           schedules=_rho_schedule),
+           schedules=_rho_schedule, base="simclr"),
     # Adversarial contrastive pretraining (paper Table 5; csl_jax/train/adversarial.py) and its Adaptive FNC versions.
     Method("rocl", "RoCL", adversarial.RoCL, loss="nt_xent", loss_fields=("temperature",)),
     Method("arocl", "A-RoCL (RoCL + Adaptive FNC)", adversarial.RoCL, loss="adaptive_fnc",
-           loss_fields=("temperature",), schedules=_rho_schedule),
+           loss_fields=("temperature",), schedules=_rho_schedule, base="rocl"),
     Method("acl", "ACL(DS)", adversarial.ACL, loss="nt_xent", loss_fields=("temperature",)),
     Method("aacl", "A-ACL (ACL(DS) + Adaptive FNC)", adversarial.ACL, loss="adaptive_fnc",
-           loss_fields=("temperature",), schedules=_rho_schedule),
+           loss_fields=("temperature",), schedules=_rho_schedule, base="acl"),
 )}
 
 
@@ -213,9 +216,12 @@ def get(name: str) -> Method:
 
 
 def classifier_logits(method: Method, model, variables, head, num_classes: int):
-  """Jitted logits of a trained model (its own head, or the linear probe `head`): f32[B, H, W, C] in [0, 1] -> f32[B, K]."""
+  """Logits of a trained model (its own head, or the linear probe `head`): f32[B, H, W, C] in [0, 1] -> f32[B, K].
+
+  A bound model (`models.inference`): jitted when called, and a pytree that attacks trace, so runs of the same
+  architecture share compiled attacks."""
   clf, clf_vars = method.family.classifier(model, variables, head, num_classes)
-  return jax.jit(lambda x: clf.apply(clf_vars, x, train=False))
+  return inference.bind(clf, clf_vars)
 
 
 # Methods whose family lives in its own module register themselves there (their family subclasses one above).

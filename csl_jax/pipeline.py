@@ -9,7 +9,6 @@ import functools
 import pathlib
 import time
 
-import jax
 from absl import logging
 
 from csl_jax import config as config_lib
@@ -42,13 +41,13 @@ def trained_classifier(config, method, pretrained, run_dir, train_ds, mesh) -> t
 
   Methods that train no classifier get the linear probe (fitted once per encoder and linear_eval settings).
   """
-  features = jax.jit(method.family.features(pretrained.model, pretrained.variables))
+  features = method.family.features(pretrained.model, pretrained.variables)
   fingerprint = {"checkpoint_step": pretrained.step, "params_sha256": evaluators.digest(pretrained.variables)}
 
   @functools.cache
   def train_features():
-    return batches.map_batches(lambda b: features(batches.to_unit_floats(b.images)), train_ds, config.eval_batch_size,
-                               mesh=mesh, desc="train features")
+    return batches.map_batches(lambda b: batches.apply_to_uint8(features, b.images), train_ds,
+                               config.eval_batch_size, mesh=mesh, desc="train features")
 
   head = None
   if not method.trains_classifier:

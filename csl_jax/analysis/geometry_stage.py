@@ -121,8 +121,7 @@ class GeometryEvaluator:
     c = self.config
     augment = methods.simclr_augment(c, dataset.image_shape[0])
     view_key = jax.random.PRNGKey(c.seed + 1)
-    plain = jax.jit(lambda images: classifier.features(batches.to_unit_floats(images)))
-    feats, labels = batches.map_batches(lambda b: plain(b.images), dataset, c.eval_batch_size, mesh=self.mesh,
+    feats, labels = batches.map_batches(lambda b: batches.apply_to_uint8(classifier.features, b.images), dataset, c.eval_batch_size, mesh=self.mesh,
                                         num_examples=c.geometry.num_examples, desc="geometry features")
     view = jax.jit(lambda images, key: classifier.features(augment(key, images)))
     view2, _ = batches.map_batches(lambda b: view(b.images, jax.random.fold_in(view_key, b.index)), dataset,

@@ -1,7 +1,8 @@
 """Comparison report across runs: gather each run's stage outputs -> tables and figures -> Markdown and HTML.
 
 gather:  `analysis.runs` (`discover_runs`, `load_run`, `resolve_baseline_and_reference`)
-tables:  `analysis.report_tables` (`p_drop` (paper Eq. 3), `gap_closed` (Table 4's ↑x%), `robustness_table`, ...)
+tables:  `analysis.report_tables` (`p_drop` (paper Eq. 3), `gap_closed` (Table 4's ↑x%), `robustness_table`,
+         `improvement_table` (each Adaptive-FNC run minus its base method's run, paired by `runs.base_pairs`), ...)
 render:  this module: `build_sections` (also writes the PNGs), `render_markdown`, `render_html`;
          `write_report` runs all three steps.
 
@@ -19,8 +20,10 @@ from csl_jax.analysis import tsne
 # p_drop and gap_closed are re-exported: they are the report's public arithmetic.
 from csl_jax.analysis.report_tables import (CANCELLATION_METRICS, Table, attacks_by_key, cancellation_series,  # noqa: F401  (p_drop, gap_closed re-exported)
                                             corruption_table, format_number, format_percent, gap_closed,
-                                            geometry_table, p_drop, robustness_families, robustness_table)
-from csl_jax.analysis.runs import Run, discover_runs, label_runs, load_run, resolve_baseline_and_reference, sort_key
+                                            geometry_table, improvement_table, p_drop, robustness_families,
+                                            robustness_table)
+from csl_jax.analysis.runs import (Run, base_pairs, discover_runs, label_runs, load_run, resolve_baseline_and_reference,
+                                   sort_key)
 
 
 @dataclasses.dataclass
@@ -89,6 +92,22 @@ def _robustness_section(runs, labels, out_dir, baseline, reference, notes) -> Se
   blocks.append(Image("robustness_vs_eps.png", "Robust accuracy vs ε (ε = 0 is clean accuracy)"))
   return Section("Adversarial robustness", blocks + _missing_note([r for r in runs if r not in have], labels,
                                                                    "robustness.json"))
+
+
+def _improvement_section(runs, labels) -> Optional[Section]:
+  """Table 5's comparison: each Adaptive-FNC run minus its base method's run; None when no run has a base."""
+  pairs, notes = base_pairs(runs)
+  if not pairs and not notes:
+    return None
+  blocks = ["Each run with Adaptive FNC minus the run of the method it adds it to (the registry's base: "
+            "A-RoCL − RoCL, A-ACL − ACL(DS), Adaptive FNC − SimCLR), in points: clean accuracy, then per attack "
+            "“Δ robust accuracy / Δ P_drop” (> 0 / < 0: the Adaptive-FNC run is the more robust)."] + notes
+  have = [(run, base) for run, base in pairs if attacks_by_key(run) and attacks_by_key(base)]
+  blocks += [f"{labels[run.path]} vs {labels[base.path]}: no robustness.json with attack results for both."
+             for run, base in pairs if (run, base) not in have]
+  if have:
+    blocks.append(improvement_table(have, labels))
+  return Section("Adaptive FNC vs its base method", blocks)
 
 
 def _geometry_section(runs, labels, out_dir) -> Section:
@@ -166,14 +185,16 @@ def build_sections(runs: Sequence[Run], out_dir, *, baseline: Optional[Run] = No
   if not runs:
     return [Section("Runs", ["No runs found (no directory with run.json under the given workdirs)."])]
   labels = label_runs(runs)
-  return [
+  sections = [
       _guarded("Runs", lambda: _runs_section(runs, labels)),
       _guarded("Adversarial robustness",
                lambda: _robustness_section(runs, labels, out_dir, baseline, reference, list(notes))),
+      _guarded("Adaptive FNC vs its base method", lambda: _improvement_section(runs, labels)),
       _guarded("Representation geometry", lambda: _geometry_section(runs, labels, out_dir)),
       _guarded("Common corruptions", lambda: _corruption_section(runs, labels, out_dir)),
       _guarded("False-negative cancellation", lambda: _cancellation_section(runs, labels, out_dir)),
   ]
+  return [section for section in sections if section is not None]
 
 
 def _markdown_cell(text: str) -> str:

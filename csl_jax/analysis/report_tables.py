@@ -1,4 +1,5 @@
-"""The report's numbers: P_drop (paper Eq. 3), gap closed (Table 4's ↑x%) and the Table 1/4-style tables."""
+"""The report's numbers: P_drop (paper Eq. 3), gap closed (Table 4's ↑x%), the Table 1/4-style tables and the
+improvement of each Adaptive-FNC run over its base method (Table 5: A-RoCL vs RoCL, A-ACL vs ACL)."""
 import dataclasses
 import math
 from typing import Optional, Sequence
@@ -118,6 +119,39 @@ def robustness_table(runs: Sequence[Run], labels: dict, baseline: Optional[Run],
         if math.isfinite(closed):
           cell += f" ↑{round(100 * closed):d}%"
       row.append(cell)
+    rows.append(row)
+  return Table(header, rows)
+
+
+def _signed_points(value) -> str:
+  return "—" if value is None or not math.isfinite(value) else f"{100 * value:+.1f}"
+
+
+def improvement_table(pairs: Sequence[tuple], labels: dict) -> Table:
+  """One row per (run, base run) pair (`runs.base_pairs`): clean accuracy difference, then per attack and ε
+  "Δ robust / Δ P_drop", both in points (run − base): > 0 robust accuracy and < 0 P_drop mean the run is the more
+  robust. Columns: the attacks both runs of some pair were evaluated with."""
+  per_run = {run.path: attacks_by_key(run) for pair in pairs for run in pair}
+  keys = sorted({key for run, base in pairs for key in per_run[run.path] if key in per_run[base.path]},
+                key=_column_order)
+  header = ["Run", "Base", "Clean Δ"]
+  for key in keys:
+    entry = next(per_run[run.path][key] for run, _ in pairs if key in per_run[run.path])
+    attack, norm, eps, options = key
+    header.append(f"{attack_family(attack, norm, options)} ε={entry.get('eps_label') or _eps_label(norm, eps)}")
+  rows = []
+  for run, base in pairs:
+    clean = {r.path: clean_accuracy(r) for r in (run, base)}
+    both = None not in clean.values()
+    row = [labels[run.path], labels[base.path], _signed_points(clean[run.path] - clean[base.path] if both else None)]
+    for key in keys:
+      entries = per_run[run.path].get(key), per_run[base.path].get(key)
+      if None in entries:
+        row.append("—")
+        continue
+      robust = [float(e["robust_accuracy"]) for e in entries]
+      drop = [_entry_drop(e, clean[r.path]) for e, r in zip(entries, (run, base))]
+      row.append(f"{_signed_points(robust[0] - robust[1])} / {_signed_points(drop[0] - drop[1])}")
     rows.append(row)
   return Table(header, rows)
 

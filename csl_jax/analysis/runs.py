@@ -2,7 +2,8 @@
 
 `discover_runs` finds them, `load_run` reads every stage's JSON into a `Run` (a field is None when its
 file is missing or unreadable, with the reason in `problems`), `resolve_baseline_and_reference` picks
-Table 4's baseline (SimCLR) and reference (SupCon).
+Table 4's baseline (SimCLR) and reference (SupCon), `base_pairs` pairs each Adaptive-FNC run with a run of the
+method it modifies (the registry's `Method.base`).
 """
 import dataclasses
 import json
@@ -11,7 +12,8 @@ import pathlib
 from typing import Optional, Sequence, Union
 
 # Table order of the paper: supervised first, then SimCLR and its false-negative variants.
-METHOD_ORDER = ("ce", "supcon", "simclr", "fnc", "afnc")
+# Then Table 5's adversarial methods, each base method before its Adaptive FNC version.
+METHOD_ORDER = ("ce", "supcon", "simclr", "fnc", "ifnd", "afnc", "rocl", "arocl", "acl", "aacl")
 RESULT_FILES = ("linear_eval", "robustness", "geometry", "corruptions")
 
 
@@ -160,3 +162,26 @@ def resolve_baseline_and_reference(runs: list, baseline: Optional[str] = None,
                    f"(pass --{role} to choose).")
     chosen.append(candidates[0] if candidates else None)
   return chosen[0], chosen[1], notes
+
+
+def base_pairs(runs: Sequence[Run]) -> tuple:
+  """([(run, base run), ...], notes): every run whose method has a base in the registry (`methods.Method.base`:
+  afnc -> simclr, arocl -> rocl, aacl -> acl) with a run of that base method, found by the method recorded in
+  run.json (never by run name). Several candidates: the one in the same directory, then the one named like the
+  method, then the first path; a note says which was used. No candidate: a note, no pair."""
+  from csl_jax import methods  # Lazy: the registry imports JAX, which nothing else in the report needs.
+  labels = label_runs(runs)
+  pairs, notes = [], []
+  for run in runs:
+    entry = methods.REGISTRY.get(run.method)
+    if entry is None or entry.base is None:
+      continue
+    candidates = sorted((r for r in runs if r.method == entry.base),
+                        key=lambda r: (r.path.parent != run.path.parent, r.name != entry.base, str(r.path)))
+    if not candidates:
+      notes.append(f"{labels[run.path]} ({run.title}): no {entry.base} run to compare it with.")
+      continue
+    if len(candidates) > 1:
+      notes.append(f"{labels[run.path]}: several {entry.base} runs; compared with {labels[candidates[0].path]}.")
+    pairs.append((run, candidates[0]))
+  return pairs, notes

@@ -20,7 +20,6 @@ only points not yet fooled. Inside one `jax.jit` this "only" is a mask (fixed sh
 `autoattack` additionally compacts still-robust points between targets and restarts, and within a run
 (`apgd_early_exit`: the run advances in jitted chunks and drops fooled rows between them).
 """
-import functools
 import math
 
 import jax
@@ -31,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from csl_jax.attacks import evaluate
 from csl_jax.attacks import objectives
+from csl_jax.models import inference
 from csl_jax.attacks import projections
 from csl_jax.attacks import validation
 
@@ -187,8 +187,8 @@ def _target(clean_logits, y, target_rank, targeted):
   return jnp.take(ranking, clean_logits.shape[1] - target_rank, axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "logits_fn", "norm", "loss", "n_iter", "n_restarts", "n_targets", "oscillation", "eot_iter", "use_larger_eps"))
+@inference.jit_over_model(static_argnames=(
+    "norm", "loss", "n_iter", "n_restarts", "n_targets", "oscillation", "eot_iter", "use_larger_eps"))
 def apgd_attack(logits_fn, x, y, key, eps, first_target_rank=2, *, norm, loss, n_iter, n_restarts,
                 n_targets=0, oscillation=0.75, eot_iter=1, use_larger_eps=False):
   """Jitted APGD over restarts (and targets) -> (x_adv f32[B, ...], fooled bool[B]).
@@ -221,7 +221,7 @@ def apgd_attack(logits_fn, x, y, key, eps, first_target_rank=2, *, norm, loss, n
   return jax.lax.fori_loop(0, attempts, attempt, (x, fooled))
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "norm", "loss", "n_iter", "targeted"))
+@inference.jit_over_model(static_argnames=("norm", "loss", "n_iter", "targeted"))
 def _start_run(logits_fn, x, y, key, eps, target_rank, *, norm, loss, n_iter, targeted):
   """State of the single run `apgd_attack` makes for (n_restarts=1, n_targets ≤ 1) — same keys — and the
   mask of clean-misclassified points."""
@@ -233,7 +233,7 @@ def _start_run(logits_fn, x, y, key, eps, target_rank, *, norm, loss, n_iter, ta
   return state, ~objectives.is_correct(clean_logits, y)
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "norm", "loss", "n_iter", "oscillation"))
+@inference.jit_over_model(static_argnames=("norm", "loss", "n_iter", "oscillation"))
 def _continue_run(logits_fn, state, start, stop, eps, *, norm, loss, n_iter, oscillation):
   value_and_grad = objectives.eot_value_and_grad(logits_fn, objectives.get_loss(loss))
   return iterate(value_and_grad, state, start, stop, eps, norm=norm, n_iter=n_iter, oscillation=oscillation)

@@ -12,7 +12,8 @@ Versions, as in the reference fra31/auto-attack (`AutoAttack.set_version`):
 
 Each attack runs only on points that are still robust after the previous ones: between stages (and
 between APGD-T targets and APGD restarts) the still-robust points are gathered and re-batched into
-padded batches of a few fixed sizes (`evaluate.bucket_size`: at most ~25% padding, at most four sizes per octave),
+padded batches of a few fixed sizes (`evaluate.bucket_size`: powers of two for small sets, then at most ~25% padding and four sizes per
+octave),
 so the work shrinks with the robust set while each attack compiles only for the few sizes it meets.
 Within an APGD stage the same happens every 10 iterations (`apgd.apgd_early_exit`): points fooled
 so far are set aside, so a non-robust point costs the few iterations it takes to fool it, not 100.

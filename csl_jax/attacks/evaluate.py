@@ -5,7 +5,6 @@ padding is discarded — so a jitted attack compiles once per evaluation, whatev
 `mesh`, each batch is placed with NamedSharding(mesh, P("data")) and the jitted attack runs SPMD over
 all devices of the "data" axis (the batch size is rounded up to a multiple of that axis' size).
 """
-import functools
 import math
 from typing import Callable, Optional
 
@@ -17,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from csl_jax.attacks import objectives
+from csl_jax.models import inference
 from csl_jax.attacks.validation import RANGE_TOLERANCE
 
 
@@ -42,10 +42,13 @@ def padded_batch_size(batch_size: int, mesh=None) -> int:
 
 
 # Still-robust subsets smaller than a batch are padded up to a multiple of an eighth of the enclosing
-# power of two (at least _MIN_BUCKET rows): e.g. 20 points run as 24 rows, 33 as 40, 70 as 80. Padding
-# stays under ~25% — it is pure waste, and late AutoAttack stages spend thousands of model calls per
-# point — while each attack compiles for at most four sizes per octave of the robust-set size.
+# power of two: e.g. 300 points run as 320 rows, 700 as 768. Padding stays under ~25% — it is pure waste, and
+# late AutoAttack stages spend thousands of model calls per point — while each attack compiles for at most four
+# sizes per octave of the robust-set size. Below _POWER_OF_TWO_BELOW points the work is small and compiling
+# dominates (a new size costs seconds on a CPU), so sizes are powers of two, at least _MIN_BUCKET rows: the
+# runs of a study then meet the same few shapes and share their compiled attacks (`models.inference`).
 _MIN_BUCKET = 8
+_POWER_OF_TWO_BELOW = 128
 
 
 def bucket_size(num_points: int, batch_size: int, mesh=None) -> int:
@@ -53,8 +56,9 @@ def bucket_size(num_points: int, batch_size: int, mesh=None) -> int:
   floor = max(_MIN_BUCKET, 1 if mesh is None else mesh.shape["data"])
   if num_points >= batch_size or batch_size <= floor:
     return padded_batch_size(batch_size, mesh)
-  granule = max(floor, 2 ** (max(int(num_points) - 1, 1).bit_length() - 3))
-  size = min(batch_size, -(-int(num_points) // granule) * granule)
+  octave = 2 ** max(int(num_points) - 1, 1).bit_length()  # smallest power of two >= num_points
+  granule = octave if num_points < _POWER_OF_TWO_BELOW else octave // 8
+  size = min(batch_size, max(floor, -(-int(num_points) // granule) * granule))
   return padded_batch_size(size, mesh)
 
 
@@ -65,7 +69,7 @@ def place(array, mesh=None):
   return jax.device_put(array, NamedSharding(mesh, P("data")))
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn",))
+@inference.jit_over_model
 def _correct(logits_fn, x, y):
   return objectives.is_correct(objectives.with_key(logits_fn)(x, jax.random.PRNGKey(0)), y)
 

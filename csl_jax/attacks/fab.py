@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from csl_jax.attacks import objectives
+from csl_jax.models import inference
 from csl_jax.attacks.conv_layout import canonical_conv_kernels
 from csl_jax.attacks import projections
 from csl_jax.attacks.validation import check_attack_inputs
@@ -177,8 +178,8 @@ def _random_start(key, x0, eps, norm):
   return jnp.clip(x0 + 0.5 * eps * u, 0.0, 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "logits_fn", "norm", "targeted", "n_iter", "n_restarts", "n_targets", "alpha_max", "eta", "beta"))
+@inference.jit_over_model(static_argnames=(
+    "norm", "targeted", "n_iter", "n_restarts", "n_targets", "alpha_max", "eta", "beta"))
 def _fab(logits_fn, x, y, key, eps, *, norm, targeted, n_iter, n_restarts, n_targets, alpha_max, eta, beta):
   shape = x.shape
   x0 = jnp.reshape(x, (shape[0], -1))

@@ -10,16 +10,16 @@ chosen norm, then projection onto the threat model {‖δ‖_p ≤ eps} ∩ [0, 
   all of eps on one pixel, which the [0, 1] box then clips to at most 1 — wasting the budget at ℓ1
   radii such as eps = 8 (paper, Table 4).
 """
-import functools
 
 import jax
 
 from csl_jax.attacks import objectives
+from csl_jax.models import inference
 from csl_jax.attacks import projections
 from csl_jax.attacks import validation
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "norm"))
+@inference.jit_over_model(static_argnames=("norm",))
 def _fgsm(logits_fn, x, y, eps, *, norm):
   """-> (x_adv f32[B, ...], bool[]: the clean logits, computed for the gradient anyway, are all finite)."""
   loss = objectives.get_loss("ce")

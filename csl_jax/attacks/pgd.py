@@ -30,12 +30,12 @@ The whole loop is one `lax.fori_loop` inside one `jax.jit`. Per example, the att
 iterate unless it is correctly classified and an earlier iterate was not; then it returns the first
 misclassified iterate (the model logits of every iterate are computed for the gradient anyway).
 """
-import functools
 
 import jax
 import jax.numpy as jnp
 
 from csl_jax.attacks import objectives
+from csl_jax.models import inference
 from csl_jax.attacks import projections
 from csl_jax.attacks import validation
 
@@ -84,8 +84,7 @@ def default_step_size(eps, steps, norm):
   return L1_STEP_SCALE * eps if norm == "l1" else 2.5 * eps / steps
 
 
-@functools.partial(
-    jax.jit, static_argnames=("logits_fn", "norm", "steps", "random_start", "loss", "l1_sparsity"))
+@inference.jit_over_model(static_argnames=("norm", "steps", "random_start", "loss", "l1_sparsity"))
 def _pgd(logits_fn, x, y, key, eps, step_size, *, norm, steps, random_start, loss, l1_sparsity):
   """-> (x_adv f32[B, ...], bool[]: every logit the attack computed was finite)."""
   value_and_grad = objectives.eot_value_and_grad(logits_fn, objectives.get_loss(loss))

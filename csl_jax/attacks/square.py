@@ -21,7 +21,6 @@ pixels, rank-3 inputs [B, H, W] one channel. The query loop is one `lax.while_lo
 (stopping once every point is fooled); side lengths are looked up from a static table, windows are
 masks built from iotas, so every query runs the same compiled body.
 """
-import functools
 import math
 
 import jax
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from csl_jax.attacks import objectives
+from csl_jax.models import inference
 from csl_jax.attacks import projections
 from csl_jax.attacks.validation import check_attack_inputs
 
@@ -219,7 +219,7 @@ def _random_proposal(key, x, x_best, eps, side, norm):
                      _corner(u[2:4], height, width, side), u[4] > 0.5, jnp.reshape(_signs(u[5:]), sign_shape))
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "shape", "norm", "n_restarts", "sides"))
+@inference.jit_over_model(static_argnames=("shape", "norm", "n_restarts", "sides"))
 def _square(logits_fn, x, y, key, eps, *, shape, norm, n_restarts, sides):
   # `sides` is a static tuple: one compiled body looks its side up per query.
   side_table = jnp.asarray(sides, jnp.int32)

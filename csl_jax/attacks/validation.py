@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from csl_jax.attacks import objectives
+from csl_jax.models import inference
 from csl_jax.attacks.projections import NORMS
 
 # Images that went through a float round trip (e.g. uint8 / 255) may sit a hair outside [0, 1].
@@ -72,8 +73,13 @@ def check_count(value, name: str, *, minimum: int = 1, attack: str = "attack") -
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_logits_shape(logits_fn, shape, dtype):
-  return _logits_shape(logits_fn, shape, dtype)
+def _cached_logits_shape(treedef, leaf_types, shape, dtype):
+  """Keyed on the model's structure and weight shapes (not its weights: the cache holds no arrays)."""
+  def apply(leaves, images, key):
+    return objectives.with_key(jax.tree_util.tree_unflatten(treedef, leaves))(images, key)
+  leaves = [jax.ShapeDtypeStruct(leaf_shape, leaf_dtype) for leaf_shape, leaf_dtype in leaf_types]
+  out = jax.eval_shape(apply, leaves, jax.ShapeDtypeStruct(shape, dtype), jax.ShapeDtypeStruct((2,), jnp.uint32))
+  return tuple(getattr(out, "shape", ()))
 
 
 def _logits_shape(logits_fn, shape, dtype):
@@ -84,12 +90,16 @@ def _logits_shape(logits_fn, shape, dtype):
 
 
 def logits_shape(logits_fn, x) -> tuple:
-  """Shape of logits_fn(x) without running the model (`jax.eval_shape`, cached per function and shape)."""
+  """Shape of logits_fn(x) without running the model (`jax.eval_shape`, cached per model structure and shape)."""
   shape, dtype = tuple(jnp.shape(x)), jnp.float32
   if not is_concrete(x):  # inside a trace the model may close over tracers: never keep it in the cache
     return _logits_shape(logits_fn, shape, dtype)
+  leaves, treedef = jax.tree_util.tree_flatten(inference.as_pytree(logits_fn))
+  if not all(is_concrete(leaf) for leaf in leaves):
+    return _logits_shape(logits_fn, shape, dtype)
+  leaf_types = tuple((tuple(np.shape(leaf)), jnp.result_type(leaf)) for leaf in leaves)
   try:
-    return _cached_logits_shape(logits_fn, shape, dtype)
+    return _cached_logits_shape(treedef, leaf_types, shape, dtype)
   except TypeError:  # an unhashable logits_fn: trace every time
     return _logits_shape(logits_fn, shape, dtype)
 
@@ -127,7 +137,7 @@ def all_finite(logits):
   return jnp.all(jnp.isfinite(logits))
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn",))
+@inference.jit_over_model
 def clean_logits_finite(logits_fn, x):
   """bool[]: logits_fn(x) is finite everywhere (one forward pass, reduced on the device)."""
   return all_finite(objectives.with_key(logits_fn)(x, jax.random.PRNGKey(0)))

@@ -7,11 +7,10 @@ real rows. Every batch has the same shape, so a jitted function compiles once pe
 part of a streamed split runs out first keeps joining the collective calls with empty (all-padding) batches.
 
 Images stay uint8 on the way to the devices (4x less to transfer) and become f32 in [0, 1] inside the jitted
-function (`on_unit_floats`). `map_batches` runs a function over a split and gathers the real rows back to
+function (`apply_to_uint8`). `map_batches` runs a function over a split and gathers the real rows back to
 every host; `count_correct` is the one way a correct prediction is counted.
 """
 import dataclasses
-import functools
 import time
 from typing import Callable, Iterator, Optional
 
@@ -21,6 +20,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from csl_jax.models import inference
 from csl_jax.train import sharding
 
 
@@ -90,9 +90,11 @@ def to_unit_floats(images):
   return images.astype(jnp.float32) / 255.0
 
 
-def on_unit_floats(fn: Callable) -> Callable:
-  """Jitted u8[B, ...] -> fn(f32 in [0, 1]) for a model function written on [0, 1] images."""
-  return jax.jit(lambda images: fn(to_unit_floats(images)))
+@inference.jit_over_model
+def apply_to_uint8(model_fn: Callable, images):
+  """model_fn(images / 255) for u8[B, ...] batches (model_fn written on [0, 1] images, e.g. a bound model's
+  features), one compiled program per architecture."""
+  return model_fn(to_unit_floats(images))
 
 
 def count_correct(logits, labels, mask):
@@ -137,21 +139,19 @@ def map_batches(fn: Callable, dataset, batch_size: int, *, mesh, num_examples: i
   return np.concatenate(outputs), np.concatenate(labels)
 
 
-@functools.lru_cache(maxsize=16)
-def _accuracy_step(logits_fn: Callable) -> Callable:
-  """One compiled counter per model, however many passes (e.g. one per corruption and severity) use it."""
-  return jax.jit(lambda images, labels, mask: jnp.stack([
-      count_correct(logits_fn(to_unit_floats(images)), labels, mask), jnp.sum(mask, dtype=jnp.int32)]))
+@inference.jit_over_model
+def _accuracy_counts(logits_fn, images, labels, mask):
+  """i32[2]: correct and real rows of one batch; one compiled counter per architecture, whatever the weights."""
+  return jnp.stack([count_correct(logits_fn(to_unit_floats(images)), labels, mask), jnp.sum(mask, dtype=jnp.int32)])
 
 
 def accuracy(logits_fn: Callable, dataset, batch_size: int, *, mesh, num_examples: int = 0, transform=None,
              desc: str = "") -> float:
   """Top-1 accuracy of `logits_fn` (f32 in [0, 1] -> logits) over a split, counted on the devices."""
-  step = _accuracy_step(logits_fn)
   counts = []
   progress = Progress(desc, len(subset(dataset, num_examples)))
   for batch in eval_batches(dataset, batch_size, mesh=mesh, num_examples=num_examples, transform=transform):
-    counts.append(step(batch.images, batch.labels, batch.mask))
+    counts.append(_accuracy_counts(logits_fn, batch.images, batch.labels, batch.mask))
     progress.update(batch.index * len(batch.mask))
   correct, total = np.sum(jax.device_get(counts), axis=0)
   return float(correct) / max(int(total), 1)

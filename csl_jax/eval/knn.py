@@ -3,7 +3,7 @@
 The bank (training features, L2-normalised) lives on the devices, replicated; each evaluation batch's votes
 are computed inside the same jitted function as its features (`LinearEvaluator`), so there is no second pass.
 """
-import dataclasses
+import flax.struct
 
 import jax
 import jax.numpy as jnp
@@ -14,14 +14,16 @@ def l2_normalize(features):
   return features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
 
 
-@dataclasses.dataclass(frozen=True)
+@flax.struct.dataclass
 class Bank:
-  """features f32[M, D] (L2-normalised), labels i32[M], the classes and the vote parameters."""
+  """features f32[M, D] (L2-normalised), labels i32[M], the classes and the vote parameters.
+
+  A pytree: the arrays are leaves, the rest static, so one compiled evaluation serves every run's bank."""
   features: jax.Array
   labels: jax.Array
-  num_classes: int
-  k: int
-  temperature: float
+  num_classes: int = flax.struct.field(pytree_node=False)
+  k: int = flax.struct.field(pytree_node=False)
+  temperature: float = flax.struct.field(pytree_node=False)
 
 
 def make_bank(train_features, train_labels, *, num_classes: int, k: int = 200, temperature: float = 0.1,

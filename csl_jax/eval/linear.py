@@ -19,6 +19,7 @@ from absl import logging
 
 from csl_jax.eval import batches, knn
 from csl_jax.eval import registry
+from csl_jax.models import inference
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "epochs", "batch_size"))
@@ -108,6 +109,15 @@ def fit_or_load_head(config, train_features, run_dir, *, num_classes: int, model
   return head
 
 
+@jax.jit
+def _counts(features_fn, logits_fn, bank, images, labels, mask):
+  """i32[3]: linear top-1 correct, kNN top-1 correct, real rows of one batch (models and bank as traced pytrees)."""
+  x = batches.to_unit_floats(images)
+  knn_ok = (knn.predict(bank, features_fn(x)) == labels) & mask
+  return jnp.stack([batches.count_correct(logits_fn(x), labels, mask), jnp.sum(knn_ok, dtype=jnp.int32),
+                    jnp.sum(mask, dtype=jnp.int32)])
+
+
 class LinearEvaluator:
   """linear_eval.json: top-1 of the classifier (linear probe, or the end-to-end head of CE) and kNN top-1,
   both from one pass over the test split."""
@@ -126,16 +136,11 @@ class LinearEvaluator:
     bank = knn.make_bank(features, labels, num_classes=classifier.num_classes, k=self.config.linear_eval.knn_k,
                          temperature=self.config.linear_eval.knn_temperature)
 
-    @jax.jit
-    def counts(images, labels, mask):
-      x = batches.to_unit_floats(images)
-      knn_ok = (knn.predict(bank, classifier.features(x)) == labels) & mask
-      return jnp.stack([batches.count_correct(classifier.logits(x), labels, mask), jnp.sum(knn_ok, dtype=jnp.int32),
-                        jnp.sum(mask, dtype=jnp.int32)])
-
     totals = np.zeros(3, np.int64)
     for batch in batches.eval_batches(dataset, self.config.eval_batch_size, mesh=self.mesh):
-      totals += np.asarray(jax.device_get(counts(batch.images, batch.labels, batch.mask)))
+      totals += np.asarray(jax.device_get(_counts(inference.as_pytree(classifier.features),
+                                                  inference.as_pytree(classifier.logits), bank, batch.images,
+                                                  batch.labels, batch.mask)))
     top1, knn_top1 = totals[0] / totals[2], totals[1] / totals[2]
     logging.info("%s: linear top-1 %.2f%%, kNN top-1 %.2f%%", pathlib.Path(run_dir).name, 100 * top1, 100 * knn_top1)
     protocol = classifier.fingerprint.get("head", "linear_probe")

@@ -16,6 +16,14 @@ FAKE_RESULTS = {
     "afnc": (0.935, {("fgsm", "linf", 8 / 255, "8/255"): 0.336, ("fgsm", "linf", 16 / 255, "16/255"): 0.249,
                      ("pgd", "l2", 0.25, "0.25"): 0.120}, 1.5),
 }
+PGD8, PGD16 = ("pgd", "linf", 8 / 255, "8/255"), ("pgd", "linf", 16 / 255, "16/255")
+# Table 5-style runs (adversarial contrastive pretraining and their Adaptive FNC versions), all numbers distinct.
+FAKE_TABLE5 = {
+    "rocl": (0.830, {PGD8: 0.400, PGD16: 0.150}, 1.3),
+    "arocl": (0.845, {PGD8: 0.452, PGD16: 0.191}, 1.4),
+    "acl": (0.800, {PGD8: 0.430, PGD16: 0.170}, 1.3),
+    "aacl": (0.812, {PGD8: 0.461, PGD16: 0.205}, 1.4),
+}
 CORRUPTIONS = ("gaussian_noise", "fog", "brightness")
 
 
@@ -23,13 +31,16 @@ def _write_json(path: pathlib.Path, value) -> None:
   path.write_text(json.dumps(value))
 
 
-def write_fake_run(root: pathlib.Path, method: str, seed: int = 0) -> pathlib.Path:
-  """A run directory with every stage output the report reads."""
+def write_fake_run(root: pathlib.Path, method: str, seed: int = 0, *, name: str = None,
+                   results: tuple = None) -> pathlib.Path:
+  """A run directory root/<name, default the method> with every stage output the report reads; results
+  (clean, {attack key: robust accuracy}, geometry ratio) default to FAKE_RESULTS / FAKE_TABLE5[method]."""
   rng = np.random.default_rng(seed)
-  clean, attacks, ratio = FAKE_RESULTS[method]
-  run = root / method
+  clean, attacks, ratio = results or {**FAKE_RESULTS, **FAKE_TABLE5}[method]
+  name = name or method
+  run = root / name
   run.mkdir(parents=True)
-  _write_json(run / "run.json", {"name": method, "method": method, "dataset": "digits", "encoder": "small_cnn",
+  _write_json(run / "run.json", {"name": name, "method": method, "dataset": "digits", "encoder": "small_cnn",
                                  "num_classes": 3, "class_names": CLASS_NAMES, "config": {"seed": seed}})
   _write_json(run / "linear_eval.json", {"top1": clean, "knn_top1": clean - 0.01, "protocol": "linear",
                                          "num_test": 100})

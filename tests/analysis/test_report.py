@@ -10,7 +10,7 @@ import pytest
 
 from csl_jax import report as cli
 from csl_jax.analysis import report
-from tests.analysis.fake_runs import FAKE_RESULTS, write_fake_run
+from tests.analysis.fake_runs import FAKE_RESULTS, FAKE_TABLE5, PGD8, PGD16, write_fake_run
 
 FGSM8 = ("fgsm", "linf", 8 / 255, "8/255")
 
@@ -146,3 +146,38 @@ def test_nested_runs_are_found_and_clashing_names_get_paths(tmp_path):
   write_fake_run(tmp_path / "b" / "deeper", "simclr", seed=1)
   runs = [report.load_run(p) for p in report.discover_runs([tmp_path])]
   assert sorted(report.label_runs(runs).values()) == ["a/simclr", "b/deeper/simclr"]
+
+
+def test_adaptive_runs_are_compared_with_their_registry_base_method(tmp_path):
+  """Table 5: A-RoCL − RoCL and A-ACL − ACL(DS) per attack. Run names say nothing about the method (pairing
+  reads run.json's method and the registry's Method.base), and a second RoCL run in another workdir is a decoy:
+  every fake number differs, so any other pairing changes a cell."""
+  work = tmp_path / "table5"
+  names = {"simclr": "r1", "supcon": "r2", "rocl": "r3", "arocl": "r4", "acl": "r5", "aacl": "r6"}
+  for seed, (method, name) in enumerate(names.items()):
+    write_fake_run(work, method, seed, name=name)
+  write_fake_run(tmp_path / "other", "rocl", name="rocl", results=(0.7, {PGD8: 0.3, PGD16: 0.1}, 1.0))
+  out = tmp_path / "out"
+  assert _run_cli(work, tmp_path / "other", "--out", out) == 0
+  markdown = (out / "report.md").read_text()
+  rows = _rows(markdown, "Adaptive FNC vs its base method")
+  assert rows["Run"][:5] == ["Run", "Base", "Clean Δ", "PGD-ℓ∞ ε=8/255", "PGD-ℓ∞ ε=16/255"]
+  assert set(rows) == {"Run", "r4", "r6"}
+
+  def expected(method, base):
+    (clean, attacks, _), (base_clean, base_attacks, _) = FAKE_TABLE5[method], FAKE_TABLE5[base]
+    cells = [f"{100 * (clean - base_clean):+.1f}"]
+    for key in (PGD8, PGD16):
+      drop, base_drop = (clean - attacks[key]) / clean, (base_clean - base_attacks[key]) / base_clean
+      cells.append(f"{100 * (attacks[key] - base_attacks[key]):+.1f} / {100 * (drop - base_drop):+.1f}")
+    return cells
+
+  assert rows["r4"][1:] == ["r3"] + expected("arocl", "rocl")  # e.g. "+5.2 / -7.1": more robust, smaller drop
+  assert rows["r6"][1:] == ["r5"] + expected("aacl", "acl")
+  assert "r4: several rocl runs; compared with r3." in markdown
+  # Without its base run, a note instead of a row.
+  shutil.rmtree(work / "r5")
+  assert _run_cli(work, "--out", out) == 0
+  markdown = (out / "report.md").read_text()
+  assert set(_rows(markdown, "Adaptive FNC vs its base method")) == {"Run", "r4"}
+  assert "r6 (aacl): no acl run to compare it with." in markdown

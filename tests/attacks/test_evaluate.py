@@ -105,10 +105,15 @@ def test_bucket_sizes_follow_the_robust_set():
   assert bucket_size(300, 512) == 320
   assert bucket_size(256, 512) == 256
   assert bucket_size(257, 512) == 320
-  assert bucket_size(20, 512) == 24
+  assert bucket_size(128, 512) == 128
+  assert bucket_size(129, 512) == 160
+  assert bucket_size(20, 512) == 32  # small sets: powers of two, shared by every model evaluated
+  assert bucket_size(65, 512) == 128
   sizes = [bucket_size(n, 512) for n in range(1, 513)]
-  assert all(n <= size < n + max(8, n / 4) for n, size in zip(range(1, 513), sizes))  # little padding
-  for low in (16, 32, 64, 128, 256):  # few shapes (compilations) per octave of the robust-set size
+  assert all(n <= size < n + max(8, n / 4) for n, size in zip(range(1, 513), sizes) if n >= 128)  # little padding
+  assert all(size < max(8, 2 * n) + 1 for n, size in zip(range(1, 128), sizes))
+  assert len(set(sizes[:127])) == 5  # 8, 16, 32, 64, 128: five shapes below 128 points
+  for low in (128, 256):  # few shapes (compilations) per octave of the robust-set size
     assert len({s for n, s in zip(range(1, 513), sizes) if low < n <= 2 * low}) <= 4
   assert bucket_size(3, 512) == 8  # never below 8 rows: few distinct shapes
   assert bucket_size(3, 6) == 6  # a batch smaller than the floor stays as it is

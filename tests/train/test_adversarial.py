@@ -4,11 +4,13 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from csl_jax import config as config_lib
-from csl_jax import data, methods, models
+from csl_jax import data, losses, methods, models
 from csl_jax.train import adversarial, loop, optim, sharding
+from csl_jax.train import step as step_lib
 from csl_jax.train.state import create_train_state
 
 
@@ -82,6 +84,60 @@ def test_attack_increases_the_contrastive_loss_and_stays_in_the_ball(digits_trai
   assert np.asarray(adv).min() >= 0.0 and np.asarray(adv).max() <= 1.0
 
 
+def test_rocl_with_zero_epsilon_is_simclr_on_the_clean_view_duplicated(digits_train):
+  """ε = 0: the attacked view is the clean view t itself, and RoCL's step is a plain gradient step on views
+  [t, t', t] (BatchNorm statistics over those 3N rows) of
+
+      (2/3)·(L(t, t') + L(t, t) + L(t', t)) + (1/λ)·L(t', t) = (4/3 + 1/λ)·L_SimCLR(t, t') + (2/3)·L(t, t),
+
+  L = NT-Xent (symmetric in its two views). So it is *not* exactly a SimCLR step: it weighs SimCLR's loss by
+  4/3 + 1/λ and adds (2/3)·L(t, t), whose positive similarity is constant (1/T) — a pure uniformity term over
+  the 2N rows {t, t}. Checked with SGD (updates ∝ gradients, so a wrong weight shows) against a step written from
+  the public NT-Xent, the same model and the same optimiser; then the plain SimCLR step is shown to differ."""
+  config = tiny_config(**{"methods.rocl.epsilon": 0.0, "optim.name": "sgd", "optim.lr": 0.05,
+                          "optim.weight_decay": 0.0})
+  one_device = sharding.make_mesh(jax.devices()[:1])  # test_sharded_adversarial_step_... checks 8 devices
+  initial, state, metrics, model = run_steps("rocl", config, digits_train, one_device)
+  assert float(metrics["attack_linf"]) == 0.0
+
+  # The reference: same batch, augmentation key and optimiser as run_steps' first step (step 0, key 1, seed 0).
+  sub, size = config.methods.rocl, digits_train.image_shape[0]
+  batch = next(digits_train.batches(config.pretrain.batch_size, seed=0))
+  view_key, _ = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(1), 0))
+  views = step_lib.two_views(view_key, jnp.asarray(batch["image"]), methods.get("rocl").augment(config, size))
+  t, t_prime = views[0::2], views[1::2]
+  nt_xent = functools.partial(losses.nt_xent, temperature=sub.temperature)
+  steps_per_epoch, total = loop.training_length(config, digits_train.num_examples)
+  tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, config.pretrain.batch_size,
+                                                                 steps_per_epoch, total))
+
+  def reference_step(duplicate: bool):
+    rows = [t, t_prime, t] if duplicate else [t, t_prime]
+
+    def objective(params):
+      (_, z), mutated = model.apply({"params": params, "batch_stats": initial.batch_stats}, jnp.concatenate(rows),
+                                    train=True, mutable=["batch_stats"])
+      z = z.reshape((len(rows), -1, z.shape[-1]))
+      if not duplicate:  # SimCLR
+        return nt_xent(z[0], z[1]), mutated["batch_stats"]
+      return (4 / 3 + sub.reg_weight) * nt_xent(z[0], z[1]) + (2 / 3) * nt_xent(z[0], z[2]), mutated["batch_stats"]
+
+    (loss, batch_stats), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(initial.params)
+    updates, _ = tx.update(grads, initial.opt_state, initial.params)
+    return float(loss), optax.apply_updates(initial.params, updates), batch_stats
+
+  loss, params, batch_stats = reference_step(duplicate=True)
+  np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  jax.tree.map(close, state.params, params)
+  jax.tree.map(close, state.batch_stats, batch_stats)
+  # ... and that step is not SimCLR's.
+  simclr_loss, simclr_params, _ = reference_step(duplicate=False)
+  changed = lambda a, b: float(np.max(np.abs(a - b)))
+  assert max(jax.tree.leaves(jax.tree.map(changed, params, simclr_params))) > 1e-4
+  assert not np.isclose(loss, simclr_loss, rtol=1e-3)
+
+
 @pytest.mark.parametrize("name", ["rocl", "acl"])
 def test_sharded_adversarial_step_equals_single_device_step(digits_train, name):
   assert jax.device_count() == 8
@@ -114,7 +170,7 @@ def test_acl_keeps_separate_batchnorm_statistics(digits_train):
   clean = model.apply(variables, x, train=False)[0]
   adv = model.apply(variables, x, train=False, adversarial=True)[0]
   features = methods.get("acl").family.features(model, variables)(x)
-  np.testing.assert_array_equal(features, clean)
+  np.testing.assert_allclose(features, clean, rtol=1e-5, atol=1e-6)  # jitted vs eager: same branch, float noise
   assert not np.allclose(clean, adv)
 
 
