@@ -10,6 +10,10 @@ _ENCODERS = {
     "resnet18_cifar": ("csl_jax.models.resnet", "resnet18_cifar"),
     "resnet50_cifar": ("csl_jax.models.resnet", "resnet50_cifar"),
     "resnet50_imagenet": ("csl_jax.models.resnet", "resnet50_imagenet"),
+    # Encoders of published ImageNet / Kinetics checkpoints (`python -m csl_jax.convert`).
+    "vit_b16": ("csl_jax.models.vit", "vit_b16"),
+    "vit_s16": ("csl_jax.models.vit", "vit_s16"),
+    "r2plus1d_18": ("csl_jax.models.r2plus1d", "r2plus1d_18"),  # video: clips [B, T, H, W, C]
 }
 
 

@@ -35,29 +35,36 @@ def _import_torch():
   return torch
 
 
-def _torch_name(path) -> str:
-  """flax module path ('encoder', 'layer1_0', 'downsample_conv') -> torch 'encoder.layer1.0.downsample.0'."""
+# flax module name -> torch module name (ResNet shortcuts); other archs pass their own table to `_torch_name`.
+RESNET_TORCH_NAMES = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
+
+
+def _torch_name(path, renames=RESNET_TORCH_NAMES) -> str:
+  """flax module path ('encoder', 'layer1_0', 'downsample_conv') -> torch 'encoder.layer1.0.downsample.0'.
+
+  Numbered blocks `layerN_M` / `blocks_M` become `layerN.M` / `blocks.M`; other parts go through `renames`.
+  """
   names = []
   for part in path:
-    block = re.fullmatch(r"(layer\d+)_(\d+)", part)
+    block = re.fullmatch(r"(layer\d+|blocks)_(\d+)", part)
     if block:
       names += block.groups()
     else:
-      names.append({"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}.get(part, part))
+      names.append(renames.get(part, part))
   return ".".join(names)
 
 
 def _to_torch_layout(collection, leaf, value):
   value = np.asarray(value, np.float32)
   if collection == "params" and leaf == "kernel":
-    # Conv HWIO -> OIHW; Dense [in, out] -> [out, in].
-    return value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+    # Conv [*spatial, I, O] -> [O, I, *spatial] (HWIO -> OIHW, DHWIO -> OIDHW); Dense [in, out] -> [out, in].
+    return value.transpose(value.ndim - 1, value.ndim - 2, *range(value.ndim - 2)) if value.ndim > 2 else value.T
   return value
 
 
 def _from_torch_layout(collection, leaf, value):
   if collection == "params" and leaf == "kernel":
-    return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
+    return value.transpose(*range(2, value.ndim), 1, 0) if value.ndim > 2 else value.T
   return value
 
 
@@ -264,6 +271,56 @@ def _numpy(value):
   return value.detach().cpu().float().numpy() if hasattr(value, "detach") else np.asarray(value, np.float32)
 
 
+def torch_state_targets(encoder, sample_input, *, renames=RESNET_TORCH_NAMES) -> dict:
+  """{torch tensor name: (collection, flax path under "encoder", flax shape)} for every variable of `encoder`.
+
+  sample_input: an array (or ShapeDtypeStruct) of a valid input shape; only shapes are traced (eval_shape).
+  Leaves other than kernel/scale/bias/mean/var (e.g. a ViT's `cls_token`) keep their own name and layout.
+  """
+  template = jax.eval_shape(functools.partial(encoder.init, train=False), jax.random.key(0), sample_input)
+  targets = {}
+  for collection in ("params", "batch_stats"):
+    for path, leaf in flax.traverse_util.flatten_dict(template.get(collection, {})).items():
+      module = _torch_name(path[:-1], renames)
+      name = _LEAF_NAMES[collection].get(path[-1], path[-1])
+      targets[f"{module}.{name}" if module else name] = (collection, ("encoder", *path), leaf.shape)
+  return targets
+
+
+def describe_keys(keys, limit: int = 20) -> str:
+  """"['a', 'b'] (2)": the sorted keys, the first `limit` of them, and how many there are."""
+  keys = sorted(keys)
+  return f"{keys[:limit]}{f' and {len(keys) - limit} more' if len(keys) > limit else ''} ({len(keys)})"
+
+
+def from_torch_state(state_dict, encoder, sample_input, *, renames=RESNET_TORCH_NAMES, head: str = "fc",
+                     what: str = "state dict", hint: str = "") -> dict:
+  """Torch state dict (encoder + optional linear classifier `<head>.weight/bias`) -> flax variables.
+
+  Returns {"params": {"encoder": ..., "head": {"kernel", "bias"}}, "batch_stats": {"encoder": ...}} of f32 numpy
+  arrays, the layout of `ImageClassifier(encoder, ...)`; "head" only when the state dict has `<head>.weight`.
+  Every tensor must be used and every variable present: otherwise a ValueError lists the missing and unexpected
+  keys ("num_batches_tracked" is ignored). `hint` is appended to that message.
+  """
+  arrays = {k: _numpy(v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+  targets = torch_state_targets(encoder, sample_input, renames=renames)
+  if f"{head}.weight" in arrays:
+    num_classes, features = arrays[f"{head}.weight"].shape[0], arrays[f"{head}.weight"].shape[-1]
+    targets[f"{head}.weight"] = ("params", ("head", "kernel"), (features, num_classes))
+    targets[f"{head}.bias"] = ("params", ("head", "bias"), (num_classes,))
+  missing, unexpected = set(targets) - set(arrays), set(arrays) - set(targets)
+  if missing or unexpected:
+    raise ValueError(f"Not a {what}: missing keys {describe_keys(missing)}, unexpected keys "
+                     f"{describe_keys(unexpected)}.{hint}")
+  flat = {"params": {}, "batch_stats": {}}
+  for name, (collection, path, shape) in targets.items():
+    value = _from_torch_layout(collection, path[-1], arrays[name])
+    if value.shape != tuple(shape):
+      raise ValueError(f"{name}: shape {arrays[name].shape} does not fit the {what} (flax {tuple(shape)}).")
+    flat[collection][path] = value
+  return {c: flax.traverse_util.unflatten_dict(f) for c, f in flat.items()}
+
+
 def from_torchvision_resnet50(state_dict) -> dict:
   """torchvision-layout ResNet-50 state dict -> flax variables for `ImageClassifier(resnet50_imagenet())`.
 
@@ -271,29 +328,12 @@ def from_torchvision_resnet50(state_dict) -> dict:
   f32 numpy arrays; "head" (the fc) is left out when the checkpoint has no "fc.*" (many SSL checkpoints).
   Values may be torch tensors or arrays; "num_batches_tracked" is ignored.
   """
-  arrays = {k: _numpy(v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-  template = jax.eval_shape(get_encoder("resnet50_imagenet").init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-  targets = {}  # torch name -> (collection, flax path, expected flax shape)
-  for collection, leaves in _LEAF_NAMES.items():
-    for path, leaf in flax.traverse_util.flatten_dict(template[collection]).items():
-      targets[f"{_torch_name(path[:-1])}.{leaves[path[-1]]}"] = (collection, ("encoder", *path), leaf.shape)
-  if "fc.weight" in arrays:
-    num_classes = arrays["fc.weight"].shape[0]
-    targets["fc.weight"] = ("params", ("head", "kernel"), (2048, num_classes))
-    targets["fc.bias"] = ("params", ("head", "bias"), (num_classes,))
-  missing, unexpected = sorted(set(targets) - set(arrays)), sorted(set(arrays) - set(targets))
-  if missing or unexpected:
-    prefixes = sorted({k[:-len(t)] for k in unexpected for t in targets if k.endswith("." + t)})
-    hint = f" Keys look prefixed by {prefixes[:3]}: pass prefix= to load_torch_checkpoint." if prefixes else ""
-    raise ValueError(f"Not a torchvision ResNet-50 state dict: missing {missing[:6]} ({len(missing)}), "
-                     f"unexpected {unexpected[:6]} ({len(unexpected)}).{hint}")
-  flat = {"params": {}, "batch_stats": {}}
-  for name, (collection, path, shape) in targets.items():
-    value = _from_torch_layout(collection, path[-1], arrays[name])
-    if value.shape != tuple(shape):
-      raise ValueError(f"{name}: shape {arrays[name].shape} does not fit ResNet-50 (flax {tuple(shape)}).")
-    flat[collection][path] = value
-  return {c: flax.traverse_util.unflatten_dict(f) for c, f in flat.items()}
+  encoder, sample = get_encoder("resnet50_imagenet"), jnp.zeros((1, 64, 64, 3))
+  targets = torch_state_targets(encoder, sample)
+  unknown = [k for k in state_dict if k not in targets and not k.startswith("fc.")]
+  prefixes = sorted({k[:-len(t)] for k in unknown for t in targets if k.endswith("." + t)})
+  hint = f" Keys look prefixed by {prefixes[:3]}: pass prefix= to load_torch_checkpoint." if prefixes else ""
+  return from_torch_state(state_dict, encoder, sample, what="torchvision ResNet-50 state dict", hint=hint)
 
 
 # Keys under which training scripts commonly nest the state dict.
@@ -302,32 +342,56 @@ _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 _RUNTIME_PREFIXES = ("module.", "_orig_mod.")
 
 
+def read_torch_file(path, *, allow_pickle: bool = False):
+  """torch.load(path) on the CPU. weights_only=True (no code runs) unless allow_pickle, for trusted files only.
+
+  argparse.Namespace (DINO's full checkpoints store their `args`) is allowed in weights-only mode: rebuilding
+  one sets attributes and runs no code.
+  """
+  torch = _import_torch()
+  import argparse  # pylint: disable=g-import-not-at-top
+  try:
+    if allow_pickle:
+      return torch.load(path, map_location="cpu", weights_only=False)
+    with torch.serialization.safe_globals([argparse.Namespace]):
+      return torch.load(path, map_location="cpu", weights_only=True)
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # torch raises UnpicklingError/RuntimeError variants across versions.
+    raise ValueError(f"{path}: cannot be read with torch.load(weights_only={not allow_pickle}) ({e}). If it "
+                     "pickles whole objects, re-save only its state_dict() with torch.save, or, for a file you "
+                     "trust, allow pickles (allow_pickle=True, `csl_jax.convert --allow-pickle`).") from e
+
+
+def unwrap_state_dict(obj, *, wrapper_keys=_WRAPPER_KEYS, what: str = "checkpoint") -> dict:
+  """The name -> tensor dict inside `obj`, descending through `wrapper_keys` (nested too); runtime prefixes
+  ("module.", "_orig_mod.") stripped. Values are returned as they are (tensors or arrays)."""
+  torch = _import_torch()
+  while isinstance(obj, dict) and not all(torch.is_tensor(v) or isinstance(v, np.ndarray) for v in obj.values()):
+    wrapper = next((k for k in wrapper_keys if isinstance(obj.get(k), dict)), None)
+    if wrapper is None:
+      raise ValueError(f"{what}: found no state dict; top-level keys {sorted(map(str, obj))[:10]}. Expected a "
+                       f"name -> tensor dict, possibly under one of {tuple(wrapper_keys)}.")
+    obj = obj[wrapper]
+  if not isinstance(obj, dict) or not obj:
+    raise ValueError(f"{what}: expected a non-empty name -> tensor dict, got {type(obj).__name__}.")
+  state = {}
+  for name, value in obj.items():
+    for runtime_prefix in _RUNTIME_PREFIXES:
+      name = name.removeprefix(runtime_prefix)
+    state[name] = value
+  return state
+
+
 def load_torch_checkpoint(path, *, prefix: str = "") -> dict:
   """Reads a .pth/.pt/.tar checkpoint into {name: f32 ndarray}, unwrapping common wrappers.
 
   Unwraps {"state_dict" | "model" | "model_state_dict" | "net": ...} (nested too) and strips
   "module."/"_orig_mod." prefixes. `prefix` keeps only keys under it and strips it (e.g.
   "encoder_q." for MoCo, "backbone." for some BYOL ports). Loads with weights_only=True: no code runs.
+  For the published SSL releases (heads, branches, per-release prefixes) see `models.convert_release`.
   """
-  torch = _import_torch()
-  try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # torch raises UnpicklingError/RuntimeError variants across versions.
-    raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True) ({e}). If it pickles "
-                     "whole objects, re-save only its state_dict() with torch.save.") from e
-  while isinstance(obj, dict) and not all(torch.is_tensor(v) for v in obj.values()):
-    wrapper = next((k for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
-    if wrapper is None:
-      raise ValueError(f"{path}: found no state dict; top-level keys {sorted(obj)[:10]}. Expected a "
-                       f"name -> tensor dict, possibly under one of {_WRAPPER_KEYS}.")
-    obj = obj[wrapper]
-  if not isinstance(obj, dict) or not obj:
-    raise ValueError(f"{path}: expected a non-empty name -> tensor dict, got {type(obj).__name__}.")
-  state = {}
-  for name, value in obj.items():
-    for runtime_prefix in _RUNTIME_PREFIXES:
-      name = name.removeprefix(runtime_prefix)
-    state[name] = value
+  state = unwrap_state_dict(read_torch_file(path), what=str(path))
   if prefix:
     heads = sorted({k.split(".")[0] + "." for k in state})
     state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -1,0 +1,138 @@
+"""Vision Transformer encoders (Dosovitskiy et al. 2021) in the timm / DINO / MoCo v3 layout.
+
+ViT-B/16 and ViT-S/16 at 224x224: 16x16 patches embedded by a strided conv, a class token, a learned position
+embedding (DINO learns it; MoCo v3 freezes a 2-D sin-cos table, but both store it as `pos_embed`), 12 pre-norm
+blocks x -> x + Attn(LN(x)) -> x + MLP(LN(x)), a final LayerNorm. Features are the class token after the final
+LayerNorm (what DINO's and MoCo v3's linear probes read for ViT-B/16 with their default flags; DINO's ViT-S/16
+probe also concatenates earlier blocks' class tokens, which is not this encoder's feature).
+
+Module and parameter names mirror the PyTorch releases (`patch_embed/proj`, `blocks_3/attn/qkv`, `mlp/fc1`,
+`norm`, `cls_token`, `pos_embed`), so `models.convert_release` maps every tensor by name. Numerics follow them
+too: LayerNorm eps 1e-6 with the two-pass variance (flax's default one-pass E[x²] − E[x]² loses digits on the
+large residual-stream activations of trained ViTs), exact (erf) GELU, one Dense for q, k and v, softmax
+attention scaled by head_dim^-1/2.
+
+ViT-S/16 has 6 heads in DINO/DeiT and 12 in MoCo v3: same parameter shapes, different function, so `num_heads`
+is part of the encoder's kwargs (the converter records it in meta.json).
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+LAYER_NORM_EPS = 1e-6
+# encoder name -> architecture (num_heads is the DINO/DeiT default; MoCo v3's ViT-S/16 passes num_heads=12).
+ARCHITECTURES = {
+    "vit_b16": dict(width=768, depth=12, num_heads=12, patch_size=16),
+    "vit_s16": dict(width=384, depth=12, num_heads=6, patch_size=16),
+}
+
+_dense_init = nn.initializers.truncated_normal(0.02)
+
+
+def _layer_norm(dtype, name):
+  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, use_fast_variance=False, dtype=dtype, name=name)
+
+
+class PatchEmbed(nn.Module):
+  """[B, H, W, C] -> [B, (H/p)(W/p), width]: a p x p / p conv (`patch_embed.proj`), patches in row-major order."""
+  width: int
+  patch_size: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    p = self.patch_size
+    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, kernel_init=_dense_init,
+                name="proj")(x)
+    return jnp.reshape(x, (x.shape[0], -1, self.width))
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with a fused qkv projection (timm's `Attention`): [B, N, D] -> [B, N, D]."""
+  num_heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    batch, tokens, width = x.shape
+    if width % self.num_heads:
+      raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}.")
+    qkv = nn.Dense(3 * width, dtype=self.dtype, kernel_init=_dense_init, name="qkv")(x)
+    # timm: qkv.reshape(B, N, 3, heads, head_dim): q, k, v are the three consecutive thirds of the features.
+    q, k, v = jnp.moveaxis(jnp.reshape(qkv, (batch, tokens, 3, self.num_heads, width // self.num_heads)), 2, 0)
+    out = jax.nn.dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(head_dim)) v, [B, N, heads, head_dim]
+    return nn.Dense(width, dtype=self.dtype, kernel_init=_dense_init, name="proj")(jnp.reshape(out, x.shape))
+
+
+class Mlp(nn.Module):
+  """fc1 (4x width) -> exact GELU -> fc2."""
+  hidden: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_dense_init, name="fc1")(x)
+    y = nn.gelu(y, approximate=False)
+    return nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=_dense_init, name="fc2")(y)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block: x + attn(norm1(x)), then + mlp(norm2(x))."""
+  num_heads: int
+  mlp_ratio: int = 4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = x + Attention(self.num_heads, self.dtype, name="attn")(_layer_norm(self.dtype, "norm1")(x))
+    return x + Mlp(self.mlp_ratio * x.shape[-1], self.dtype, name="mlp")(_layer_norm(self.dtype, "norm2")(x))
+
+
+class VisionTransformer(nn.Module):
+  """ViT encoder: normalised images f32[B, H, W, 3] -> class-token features f32[B, width].
+
+  Attributes:
+    width, depth, num_heads, patch_size: the architecture (see `ARCHITECTURES`).
+    image_size: the input side the position embedding is for (224); other sizes are refused rather than
+      interpolated, since the releases were evaluated at 224.
+    mlp_ratio: MLP hidden width / width.
+    dtype: computation dtype (bf16 on accelerators); params stay f32.
+  `train` is accepted for the encoder interface and changes nothing: there is no dropout, drop-path or BatchNorm.
+  """
+  width: int
+  depth: int
+  num_heads: int
+  patch_size: int = 16
+  image_size: int = 224
+  mlp_ratio: int = 4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = True):
+    del train
+    if x.shape[1:3] != (self.image_size, self.image_size):
+      raise ValueError(f"ViT expects images [B, {self.image_size}, {self.image_size}, C], got {x.shape}: its "
+                       "position embedding is for that size; resize the inputs.")
+    x = PatchEmbed(self.width, self.patch_size, self.dtype, name="patch_embed")(x.astype(self.dtype))
+    num_patches = (self.image_size // self.patch_size) ** 2
+    cls_token = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, self.width))
+    pos_embed = self.param("pos_embed", _dense_init, (1, num_patches + 1, self.width))
+    x = jnp.concatenate([jnp.broadcast_to(cls_token, (x.shape[0], 1, self.width)).astype(x.dtype), x], axis=1)
+    x = x + pos_embed.astype(x.dtype)
+    for index in range(self.depth):
+      x = Block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{index}")(x)
+    return _layer_norm(self.dtype, "norm")(x[:, 0]).astype(jnp.float32)
+
+
+def _factory(name: str):
+  def build(**kwargs) -> VisionTransformer:
+    return VisionTransformer(**{**ARCHITECTURES[name], **kwargs})
+  build.__name__ = name
+  build.__doc__ = f"{name}: {ARCHITECTURES[name]}; kwargs (num_heads, image_size, dtype) override them."
+  return build
+
+
+vit_b16 = _factory("vit_b16")
+vit_s16 = _factory("vit_s16")
