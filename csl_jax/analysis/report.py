@@ -2,7 +2,8 @@
 
 gather:  `analysis.runs` (`discover_runs`, `load_run`, `resolve_baseline_and_reference`)
 tables:  `analysis.report_tables` (`p_drop` (paper Eq. 3), `gap_closed` (Table 4's ↑x%), `robustness_table`,
-         `improvement_table` (each Adaptive-FNC run minus its base method's run, paired by `runs.base_pairs`), ...)
+         `improvement_table` (each Adaptive-FNC run minus its base method's run, paired by `runs.base_pairs`),
+         `seed_table` and `key_comparisons` (mean ± s over the seeds grouped by `runs.seed_groups`), ...)
 render:  this module: `build_sections` (also writes the PNGs), `render_markdown`, `render_html`;
          `write_report` runs all three steps.
 
@@ -18,12 +19,13 @@ from typing import Optional, Sequence
 from csl_jax.analysis import plots
 from csl_jax.analysis import tsne
 # p_drop and gap_closed are re-exported: they are the report's public arithmetic.
-from csl_jax.analysis.report_tables import (CANCELLATION_METRICS, Table, attacks_by_key, cancellation_series,  # noqa: F401  (p_drop, gap_closed re-exported)
-                                            corruption_table, format_number, format_percent, gap_closed,
-                                            geometry_table, improvement_table, p_drop, robustness_families,
-                                            robustness_table)
-from csl_jax.analysis.runs import (Run, base_pairs, discover_runs, label_runs, load_run, resolve_baseline_and_reference,
-                                   sort_key)
+from csl_jax.analysis.report_tables import (CANCELLATION_METRICS, KEY_COMPARISONS, Table, attacks_by_key,  # noqa: F401  (p_drop, gap_closed re-exported)
+                                            cancellation_series, comparison_table, corruption_table, format_number,
+                                            format_percent, gap_closed, geometry_table, improvement_table,
+                                            key_comparisons, p_drop, robustness_families, robustness_table,
+                                            seed_table)
+from csl_jax.analysis.runs import (SEED_INDEPENDENT_KEYS, Run, base_pairs, discover_runs, label_runs, load_run,
+                                   resolve_baseline_and_reference, seed_groups, sort_key)
 
 
 @dataclasses.dataclass
@@ -110,6 +112,60 @@ def _improvement_section(runs, labels) -> Optional[Section]:
   return Section("Adaptive FNC vs its base method", blocks)
 
 
+def _comparison_summary(comparisons) -> list:
+  """One sentence per compared pair of groups: the attacks whose Δ mean P_drop is beyond / within the spread."""
+  sentences = []
+  for pair in dict.fromkeys((c.a.label, c.b.label) for c in comparisons):
+    rows = [c for c in comparisons if (c.a.label, c.b.label) == pair]
+    parts = []
+    for verdict, rows_with in (("beyond", [c for c in rows if c.exceeds_spread]),
+                               ("within", [c for c in rows if not c.exceeds_spread])):
+      if rows_with:
+        parts.append(f"{verdict} the spread for {len(rows_with)} of {len(rows)} attacks ("
+                     + ", ".join(f"{c.attack}: {100 * c.delta:+.1f} pts" for c in rows_with) + ")")
+    sentences.append(f"{pair[0]} − {pair[1]}, mean P_drop: " + "; ".join(parts) + ".")
+  return sentences
+
+
+def _seeds_section(runs, labels) -> Optional[Section]:
+  """Mean ± s over the seeds of each experiment and the paper's key comparisons; None when no experiment has two
+  seeds."""
+  groups = seed_groups(runs)
+  if not any(len(group.runs) >= 2 for group in groups):
+    return None
+  ignored = ", ".join(f"config.{key}" for key in SEED_INDEPENDENT_KEYS)
+  blocks = [f"Runs are grouped when run.json records the same method and the same config apart from {ignored} and "
+            "the settings of other methods (config.methods.<other>); run names play no part. Cells read “mean ± s” "
+            "over a group's seeds, s = sample standard deviation √(Σ(x − mean)² / (n − 1)) (with n = 2 this is "
+            "|x₁ − x₂| / √2); a group with one seed shows its value alone. Attack cells read “robust accuracy ± s "
+            "↓P_drop ± s%”, P_drop averaged over the seeds' own P_drop (Eq. 3); “[k of n]”: only k runs have it.",
+            seed_table(groups, labels)]
+  for group in groups:
+    repeated = sorted({str(seed) for seed in group.seeds if group.seeds.count(seed) > 1})
+    if repeated:
+      blocks.append(f"⚠ {group.label}: seed {', '.join(repeated)} appears more than once "
+                    f"({', '.join(labels[run.path] for run in group.runs)}); its spread is not a seed spread.")
+  unfinished = [labels[run.path] for group in groups if len(group.runs) > 1 for run in group.runs
+                if run.status != "finished"]
+  if unfinished:
+    blocks.append(f"Not finished or stale — their groups' numbers are partial: {', '.join(unfinished)}.")
+  comparisons = key_comparisons(groups)
+  pairs = ", ".join(f"{a} vs {b}" for a, b in KEY_COMPARISONS)
+  if not comparisons:
+    return Section("Seeds: mean ± spread", blocks + [
+        f"Key comparisons ({pairs}): no pair of groups with P_drop results on the same dataset and encoder."])
+  blocks.append(f"Key comparisons ({pairs}; method as recorded in run.json, groups on the same dataset and encoder): "
+                "Δ = mean P_drop of the method − mean P_drop of the compared group, in points (< 0: the method is "
+                "the more robust). Rule: the difference exceeds the seed spread when |Δ| > s_a + s_b. This is a "
+                "rough screen, not a significance test; with 2 seeds s itself is very uncertain.")
+  one_seed = sorted({g.label for c in comparisons for g, d in ((c.a, c.drop_a), (c.b, c.drop_b)) if d.n < 2})
+  if one_seed:
+    blocks.append("Spread unknown (one seed; counted as s = 0, so its verdicts are optimistic): "
+                  + "; ".join(one_seed) + ".")
+  blocks += [comparison_table(comparisons)] + _comparison_summary(comparisons)
+  return Section("Seeds: mean ± spread", blocks)
+
+
 def _geometry_section(runs, labels, out_dir) -> Section:
   have = [run for run in runs if run.geometry]
   with_tsne = [run for run in runs if (run.path / "tsne.npz").exists()]
@@ -192,6 +248,7 @@ def build_sections(runs: Sequence[Run], out_dir, *, baseline: Optional[Run] = No
       _guarded("Adaptive FNC vs its base method", lambda: _improvement_section(runs, labels)),
       _guarded("Representation geometry", lambda: _geometry_section(runs, labels, out_dir)),
       _guarded("Common corruptions", lambda: _corruption_section(runs, labels, out_dir)),
+      _guarded("Seeds: mean ± spread", lambda: _seeds_section(runs, labels)),
       _guarded("False-negative cancellation", lambda: _cancellation_section(runs, labels, out_dir)),
   ]
   return [section for section in sections if section is not None]

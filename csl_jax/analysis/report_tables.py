@@ -1,12 +1,13 @@
-"""The report's numbers: P_drop (paper Eq. 3), gap closed (Table 4's ↑x%), the Table 1/4-style tables and the
-improvement of each Adaptive-FNC run over its base method (Table 5: A-RoCL vs RoCL, A-ACL vs ACL)."""
+"""The report's numbers: P_drop (paper Eq. 3), gap closed (Table 4's ↑x%), the Table 1/4-style tables, the
+improvement of each Adaptive-FNC run over its base method (Table 5: A-RoCL vs RoCL, A-ACL vs ACL), and the
+mean ± sample standard deviation over the seeds of one experiment with the paper's key comparisons."""
 import dataclasses
 import math
 from typing import Optional, Sequence
 
 import numpy as np
 
-from csl_jax.analysis.runs import Run
+from csl_jax.analysis.runs import Run, SeedGroup
 
 _NORM_SYMBOL = {"linf": "ℓ∞", "l2": "ℓ2", "l1": "ℓ1"}
 _ATTACK_ORDER = ("fgsm", "pgd", "apgd", "fab", "square", "autoattack")
@@ -64,6 +65,12 @@ def _eps_label(norm: str, eps: float) -> str:
   return f"{round(eps * 255, 3):g}/255" if norm == "linf" else f"{eps:g}"
 
 
+def attack_label(key: tuple, entry: dict) -> str:
+  """Column title of an attack key: 'FGSM-ℓ∞ ε=8/255'."""
+  attack, norm, eps, options = key
+  return f"{attack_family(attack, norm, options)} ε={entry.get('eps_label') or _eps_label(norm, eps)}"
+
+
 def attacks_by_key(run: Run) -> dict:
   """{(attack, norm, eps, options): robustness.json entry} of one run."""
   entries = (run.robustness or {}).get("attacks") or []
@@ -94,10 +101,7 @@ def robustness_table(runs: Sequence[Run], labels: dict, baseline: Optional[Run],
   per_run = {run.path: attacks_by_key(run) for run in runs}
   keys = sorted({key for attacks in per_run.values() for key in attacks}, key=_column_order)
   header = ["Method", "Clean"]
-  for key in keys:
-    entry = next(attacks[key] for attacks in per_run.values() if key in attacks)
-    attack, norm, eps, options = key
-    header.append(f"{attack_family(attack, norm, options)} ε={entry.get('eps_label') or _eps_label(norm, eps)}")
+  header += [attack_label(key, next(attacks[key] for attacks in per_run.values() if key in attacks)) for key in keys]
   anchors = None
   if baseline is not None and reference is not None:
     anchors = [{key: _entry_drop(e, clean_accuracy(r)) for key, e in attacks_by_key(r).items()}
@@ -135,10 +139,8 @@ def improvement_table(pairs: Sequence[tuple], labels: dict) -> Table:
   keys = sorted({key for run, base in pairs for key in per_run[run.path] if key in per_run[base.path]},
                 key=_column_order)
   header = ["Run", "Base", "Clean Δ"]
-  for key in keys:
-    entry = next(per_run[run.path][key] for run, _ in pairs if key in per_run[run.path])
-    attack, norm, eps, options = key
-    header.append(f"{attack_family(attack, norm, options)} ε={entry.get('eps_label') or _eps_label(norm, eps)}")
+  header += [attack_label(key, next(per_run[run.path][key] for run, _ in pairs if key in per_run[run.path]))
+             for key in keys]
   rows = []
   for run, base in pairs:
     clean = {r.path: clean_accuracy(r) for r in (run, base)}
@@ -234,3 +236,152 @@ def cancellation_series(records: Sequence[dict]) -> dict:
     if points:
       series[metric] = tuple(np.asarray(v, np.float64) for v in zip(*points))
   return series
+
+
+# ----------------------------------------------------------------------------------------------------
+# Seeds of one experiment (`runs.seed_groups`): mean ± sample standard deviation, and the paper's key comparisons.
+
+# (method, compared with), by the method recorded in run.json: Table 1's SupCon and cross-entropy and Table 4's
+# Adaptive FNC (any ρ schedule), each against SimCLR.
+KEY_COMPARISONS = (("supcon", "simclr"), ("afnc", "simclr"), ("ce", "simclr"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Spread:
+  """Mean and sample standard deviation s = sqrt(Σ(x − mean)² / (n − 1)) of n values; s is nan when n < 2."""
+  mean: float
+  s: float
+  n: int
+
+
+def mean_and_spread(values) -> Spread:
+  """Spread of the finite values among `values` (None and nan are left out)."""
+  finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+  return Spread(float(np.mean(finite)) if finite else float("nan"),
+                float(np.std(finite, ddof=1)) if len(finite) >= 2 else float("nan"), len(finite))
+
+
+def _run_values(run: Run) -> dict:
+  """{metric: value} of one run: "linear", "knn", "ratio", "corruption" (mean over corruptions of the drop averaged
+  over severities), ("robust", attack key), ("drop", attack key)."""
+  linear = run.linear_eval or {}
+  values = {"linear": linear.get("top1"), "knn": linear.get("knn_top1"), "ratio": (run.geometry or {}).get("ratio")}
+  if run.corruptions:
+    mean_drops = corruption_drops(run.corruptions)[1]
+    values["corruption"] = float(np.mean(list(mean_drops.values()))) if mean_drops else None
+  clean = clean_accuracy(run)
+  for key, entry in attacks_by_key(run).items():
+    values[("robust", key)] = float(entry["robust_accuracy"])
+    values[("drop", key)] = _entry_drop(entry, clean)
+  return values
+
+
+def group_statistics(group: SeedGroup) -> dict:
+  """{metric of `_run_values`: Spread over the group's runs that have it}. P_drop is averaged over the seeds' own
+  P_drop values (not recomputed from mean accuracies)."""
+  per_run = [_run_values(run) for run in group.runs]
+  return {metric: mean_and_spread(values.get(metric) for values in per_run)
+          for metric in {metric for values in per_run for metric in values}}
+
+
+def format_spread(spread: Optional[Spread], group_size: int = 0, scale: float = 100.0, digits: int = 1) -> str:
+  """"mean ± s" ("mean" alone from one value; "[k of n]" appended when only k of the group's n runs have it)."""
+  if spread is None or spread.n == 0:
+    return "—"
+  text = f"{scale * spread.mean:.{digits}f}" + (f" ± {scale * spread.s:.{digits}f}" if spread.n >= 2 else "")
+  return text + (f" [{spread.n} of {group_size}]" if spread.n < group_size else "")
+
+
+def _attack_entries(groups: Sequence[SeedGroup]) -> dict:
+  """{attack key: one robustness.json entry with that key} over every run of the groups (for column titles)."""
+  entries = {}
+  for group in groups:
+    for run in group.runs:
+      for key, entry in attacks_by_key(run).items():
+        entries.setdefault(key, entry)
+  return entries
+
+
+def seed_table(groups: Sequence[SeedGroup], labels: dict) -> Table:
+  """One row per seed group: its runs and seeds, then "mean ± s" of linear / kNN top-1, per attack "robust ±
+  s ↓P_drop ± s%", the inter/intra ratio and the mean corruption drop (percent, ratio as is)."""
+  entries = _attack_entries(groups)
+  keys = sorted(entries, key=_column_order)
+  header = (["Group", "Runs (seed)", "n seeds", "Linear top-1", "kNN top-1"]
+            + [attack_label(key, entries[key]) for key in keys] + ["Inter/intra (×)", "Mean corruption drop (%)"])
+  rows = []
+  for group in groups:
+    stats, size = group_statistics(group), len(group.runs)
+    row = [group.label, ", ".join(f"{labels[run.path]} ({seed})" for run, seed in zip(group.runs, group.seeds)),
+           str(size), format_spread(stats.get("linear"), size), format_spread(stats.get("knn"), size)]
+    for key in keys:
+      robust, drop = stats.get(("robust", key)), stats.get(("drop", key))
+      if robust is None or robust.n == 0:
+        row.append("—")
+        continue
+      count = f" [{robust.n} of {size}]" if robust.n < size else ""
+      row.append(f"{format_spread(robust)} ↓{format_spread(drop)}%{count}")
+    row += [format_spread(stats.get("ratio"), size, scale=1.0, digits=2), format_spread(stats.get("corruption"), size)]
+    rows.append(row)
+  return Table(header, rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+  """Group a vs group b for one attack: their mean P_drop over seeds (fractions, not percent).
+
+  delta = mean_a − mean_b (< 0: a is the more robust); spread = s_a + s_b, a group with one seed counting s = 0
+  (its spread is unknown: `spread_unknown`); exceeds_spread: |delta| > spread."""
+  a: SeedGroup
+  b: SeedGroup
+  attack: str
+  drop_a: Spread
+  drop_b: Spread
+
+  @property
+  def delta(self) -> float:
+    return self.drop_a.mean - self.drop_b.mean
+
+  @property
+  def spread(self) -> float:
+    return sum(d.s if d.n >= 2 else 0.0 for d in (self.drop_a, self.drop_b))
+
+  @property
+  def spread_unknown(self) -> bool:
+    return min(self.drop_a.n, self.drop_b.n) < 2
+
+  @property
+  def exceeds_spread(self) -> bool:
+    return abs(self.delta) > self.spread
+
+
+def _same_data(a: SeedGroup, b: SeedGroup) -> bool:
+  info_a, info_b = a.runs[0].info, b.runs[0].info
+  return all(info_a.get(field) == info_b.get(field) for field in ("dataset", "encoder"))
+
+
+def key_comparisons(groups: Sequence[SeedGroup]) -> list:
+  """[Comparison] for every pair of KEY_COMPARISONS among the groups trained on the same dataset with the same
+  encoder (run.json), one per attack both groups have a P_drop for; ordered by KEY_COMPARISONS, groups, columns."""
+  stats = [group_statistics(group) for group in groups]
+  entries = _attack_entries(groups)
+  comparisons = []
+  for method, other in KEY_COMPARISONS:
+    for a, stats_a in ((g, s) for g, s in zip(groups, stats) if g.method == method):
+      for b, stats_b in ((g, s) for g, s in zip(groups, stats) if g.method == other and _same_data(a, g)):
+        keys = {m[1] for m, spread in stats_a.items() if isinstance(m, tuple) and m[0] == "drop" and spread.n
+                and stats_b.get(m) is not None and stats_b[m].n}
+        comparisons += [Comparison(a, b, attack_label(key, entries[key]), stats_a[("drop", key)],
+                                   stats_b[("drop", key)]) for key in sorted(keys, key=_column_order)]
+  return comparisons
+
+
+def comparison_table(comparisons: Sequence[Comparison]) -> Table:
+  """One row per Comparison: both groups' mean P_drop ± s, Δ mean and s_a + s_b in points, and the verdict."""
+  header = ["Method", "vs", "Attack", "Seeds", "P_drop method (%)", "P_drop vs (%)", "Δ mean (pts)",
+            "s_a + s_b (pts)", "|Δ| > s_a + s_b"]
+  rows = [[c.a.label, c.b.label, c.attack, f"{c.drop_a.n} / {c.drop_b.n}", format_spread(c.drop_a),
+           format_spread(c.drop_b), _signed_points(c.delta), format_percent(c.spread),
+           ("yes" if c.exceeds_spread else "no") + (" (a 1-seed spread is unknown)" if c.spread_unknown else "")]
+          for c in comparisons]
+  return Table(header, rows)

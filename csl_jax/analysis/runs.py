@@ -3,8 +3,9 @@
 `discover_runs` finds them, `load_run` reads every stage's JSON into a `Run` (a field is None when its
 file is missing or unreadable, with the reason in `problems`), `resolve_baseline_and_reference` picks
 Table 4's baseline (SimCLR) and reference (SupCon), `base_pairs` pairs each Adaptive-FNC run with a run of the
-method it modifies (the registry's `Method.base`).
+method it modifies (the registry's `Method.base`), `seed_groups` gathers the seeds of one experiment.
 """
+import copy
 import dataclasses
 import json
 import os
@@ -185,3 +186,84 @@ def base_pairs(runs: Sequence[Run]) -> tuple:
       notes.append(f"{labels[run.path]}: several {entry.base} runs; compared with {labels[candidates[0].path]}.")
     pairs.append((run, candidates[0]))
   return pairs, notes
+
+
+# run.json config keys that differ between seeds of one experiment without changing what is measured: the seed;
+# the run's own name (`runs`, set per run by config.run_config); the study's whole table of runs (`run_overrides`,
+# already merged into this run's config, and naming the seed runs themselves); where the data sits; and the
+# logging / checkpoint cadence (a resumed run replays the same numbers). Everything else must be equal.
+SEED_INDEPENDENT_KEYS = ("seed", "runs", "run_overrides", "dataset.data_dir", "pretrain.log_every",
+                         "pretrain.checkpoint_every", "pretrain.keep_checkpoints")
+
+
+@dataclasses.dataclass
+class SeedGroup:
+  """Runs of one experiment that differ only in config.seed (see `seed_groups`), sorted by seed."""
+  runs: list
+  label: str
+
+  @property
+  def method(self) -> str:
+    return self.runs[0].method
+
+  @property
+  def seeds(self) -> list:
+    return [run_seed(run) for run in self.runs]
+
+
+def run_seed(run: Run):
+  return (run.info.get("config") or {}).get("seed")
+
+
+def experiment_config(run: Run) -> Optional[dict]:
+  """What a run's numbers depend on besides its seed: {"method", "config"} from run.json, config without the
+  SEED_INDEPENDENT_KEYS and with config.methods cut to the run's own sub-tree (the only one its registry entry
+  reads). None when run.json has no config: such a run is never grouped with another."""
+  config = run.info.get("config")
+  if not isinstance(config, dict) or not config:
+    return None
+  config = copy.deepcopy(config)
+  for dotted in SEED_INDEPENDENT_KEYS:
+    *parents, leaf = dotted.split(".")
+    node = config
+    for part in parents:
+      node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+      node.pop(leaf, None)
+  if isinstance(config.get("methods"), dict):
+    config["methods"] = {run.method: config["methods"].get(run.method)}
+  return {"method": run.method, "config": config}
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}."""
+  if not isinstance(tree, dict) or not tree:
+    return {prefix: tree}
+  return {flat_key: leaf for key, value in tree.items()
+          for flat_key, leaf in _flatten(value, f"{prefix}.{key}" if prefix else key).items()}
+
+
+def seed_groups(runs: Sequence[Run]) -> list:
+  """[SeedGroup] in paper order: runs whose `experiment_config` is equal — same method and same config apart
+  from SEED_INDEPENDENT_KEYS — form one group; run names play no part. A group's label is the method's title and
+  settings (`Run.settings`); groups that would share a label get the config values that tell them apart."""
+  members = {}
+  for run in runs:
+    experiment = experiment_config(run)
+    key = json.dumps(experiment, sort_keys=True, default=str) if experiment is not None else f"path:{run.path}"
+    members.setdefault(key, []).append(run)
+  groups = []
+  for group_runs in members.values():
+    group_runs = sorted(group_runs, key=lambda r: (not isinstance(run_seed(r), (int, float)),
+                                                   run_seed(r) if isinstance(run_seed(r), (int, float)) else 0,
+                                                   r.name, str(r.path)))
+    first = group_runs[0]
+    groups.append(SeedGroup(group_runs, first.title + (f" ({first.settings})" if first.settings != "—" else "")))
+  for label in {g.label for g in groups}:
+    clashing = [g for g in groups if g.label == label]
+    if len(clashing) > 1:
+      flat = [_flatten(experiment_config(g.runs[0]) or {"run": str(g.runs[0].path)}) for g in clashing]
+      differing = sorted({key for f in flat for key in f if any(f.get(key) != other.get(key) for other in flat)})
+      for group, values in zip(clashing, flat):
+        group.label += " [" + ", ".join(f"{key.removeprefix('config.')}={values.get(key)}" for key in differing) + "]"
+  return sorted(groups, key=lambda g: sort_key(g.runs[0]))

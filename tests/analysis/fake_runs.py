@@ -32,16 +32,19 @@ def _write_json(path: pathlib.Path, value) -> None:
 
 
 def write_fake_run(root: pathlib.Path, method: str, seed: int = 0, *, name: str = None,
-                   results: tuple = None) -> pathlib.Path:
+                   results: tuple = None, config: dict = None, title: str = None) -> pathlib.Path:
   """A run directory root/<name, default the method> with every stage output the report reads; results
-  (clean, {attack key: robust accuracy}, geometry ratio) default to FAKE_RESULTS / FAKE_TABLE5[method]."""
+  (clean, {attack key: robust accuracy}, geometry ratio) default to FAKE_RESULTS / FAKE_TABLE5[method].
+  run.json's config is `config` (e.g. a real run's `config.to_dict()`), by default just {"seed": seed}."""
   rng = np.random.default_rng(seed)
   clean, attacks, ratio = results or {**FAKE_RESULTS, **FAKE_TABLE5}[method]
   name = name or method
   run = root / name
   run.mkdir(parents=True)
   _write_json(run / "run.json", {"name": name, "method": method, "dataset": "digits", "encoder": "small_cnn",
-                                 "num_classes": 3, "class_names": CLASS_NAMES, "config": {"seed": seed}})
+                                 "num_classes": 3, "class_names": CLASS_NAMES,
+                                 "config": {"seed": seed} if config is None else config,
+                                 **({"title": title} if title else {})})
   _write_json(run / "linear_eval.json", {"top1": clean, "knn_top1": clean - 0.01, "protocol": "linear",
                                          "num_test": 100})
   _write_json(run / "robustness.json", {"clean_accuracy": clean, "num_examples": 100, "attacks": [
