@@ -41,13 +41,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.runs = "simclr"
   # {run name: {"method": <registry name>, <section>: {<field>: value}}}; see `run_spec`.
   c.run_overrides = ml_collections.ConfigDict()
+  # A published checkpoint to evaluate instead of pretraining (runs of method "pretrained", `csl_jax/pretrained.py`):
+  # a directory written by `python -m csl_jax.convert`, or "random" for an untrained model.encoder. "" = pretrain.
+  c.init_from = ""
 
   c.dataset = ml_collections.ConfigDict()
-  c.dataset.source = "tfds:cifar10"   # "digits" | "tfds:<name>" | "folder:<path or .zip>"
-  c.dataset.train_split = "train"
+  c.dataset.source = "tfds:cifar10"   # "digits" | "tfds:<name>" | "folder:<path or .zip>" | "frames:<path>" (videos)
+  c.dataset.train_split = "train"     # "" = none (only with init_from: the checkpoint's own classifier is evaluated)
   c.dataset.test_split = "test"
   c.dataset.data_dir = ""             # TFDS data_dir, or where folder caches go ("" = default)
   c.dataset.image_size = 0            # 0 = native size of the dataset
+  # "fit": shorter side to image_size, centre crop image_size (when image_size > 0); "resize_crop": shorter side to
+  # resize_size, centre crop image_size (ImageNet evaluation: 256 / 224), images decoded per batch.
+  c.dataset.preprocess = "fit"
+  c.dataset.resize_size = 0
+  c.dataset.clip_frames = 0           # frames per clip of a "frames:" source (16 for the R(2+1)D releases)
 
   c.model = ml_collections.ConfigDict()
   c.model.encoder = "resnet50_cifar"  # the paper's CIFAR encoder; ":resnet18" -> resnet18_cifar
@@ -123,6 +131,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.linear_eval.weight_decay = 0.0
   c.linear_eval.knn_k = 200
   c.linear_eval.knn_temperature = 0.1
+  c.linear_eval.num_train_examples = 0  # fit the probe (and the kNN bank) on the first N training examples; 0 = all
+  # Train features are held in memory up to this size (one encoder pass, then the probe trains in memory and the
+  # kNN monitor runs); beyond it the probe trains by SGD over streamed batches, features computed on the fly, and
+  # kNN is skipped (eval/linear.py).
+  c.linear_eval.feature_cache_gb = 4.0
+  # A converted checkpoint with a classifier for the dataset's classes is evaluated with it (end to end); False:
+  # a linear probe on its features instead, as for releases without one.
+  c.linear_eval.release_head = True
   # "standard": head on clean features; "adversarial": head trained on PGD-ℓ∞ examples of the frozen encoder
   # (RoCL's robust linear evaluation, also reported by ACL).
   c.linear_eval.protocol = "standard"
@@ -317,6 +333,8 @@ _CHOICES = {
     "methods.acl.random_start": (True, False), "methods.aacl.random_start": (True, False),
     "methods.ce.augment": ("simclr", "pad_crop_flip"),
     "linear_eval.protocol": ("standard", "adversarial"),
+    "linear_eval.release_head": (True, False),
+    "dataset.preprocess": ("fit", "resize_crop"),
 }
 # field -> (lowest allowed, highest allowed, what it means); None = unbounded.
 _RANGES = {
@@ -331,6 +349,8 @@ _RANGES = {
     "robustness.num_examples": (0, None), "robustness.batch_size": (1, None), "robustness.num_seeds": (1, None),
     "geometry.num_examples": (0, None), "geometry.tsne_max_points": (0, None),
     "corruptions.num_examples": (0, None), "eval_batch_size": (1, None), "dataset.image_size": (0, None),
+    "dataset.resize_size": (0, None), "dataset.clip_frames": (0, None), "linear_eval.num_train_examples": (0, None),
+    "linear_eval.feature_cache_gb": (0, None),
     "augment.crop_scale_min": (1e-6, 1), "augment.jitter_strength": (0, None), "augment.grayscale_prob": (0, 1),
     "methods.simclr.temperature": (1e-6, None), "methods.supcon.temperature": (1e-6, None),
     "methods.fnc.temperature": (1e-6, None), "methods.fnc.threshold": (-1, 1), "methods.fnc.top_k": (1, None),
@@ -372,6 +392,22 @@ def _check_cluster_levels(spec, where: str) -> None:
                      "decreasing cluster counts >= 1, finest level first (e.g. '100,30,10').")
 
 
+def _check_dataset(d, where: str) -> None:
+  """The dataset section's combinations: resize_crop sizes, clips only from frame folders."""
+  if d.preprocess == "resize_crop" and not 0 < d.image_size <= d.resize_size:
+    raise ValueError(f"{where}config.dataset.preprocess='resize_crop' needs 0 < image_size <= resize_size (got "
+                     f"image_size={d.image_size}, resize_size={d.resize_size}), e.g. 224 and 256.")
+  if d.preprocess == "fit" and d.resize_size:
+    raise ValueError(f"{where}config.dataset.resize_size={d.resize_size} is only read with preprocess='resize_crop'.")
+  is_frames = d.source.startswith("frames:")
+  if is_frames and not (d.clip_frames >= 1 and d.image_size > 0):
+    raise ValueError(f"{where}config.dataset.source={d.source!r} (video frames) needs clip_frames >= 1 and "
+                     f"image_size > 0 (got {d.clip_frames} and {d.image_size}), e.g. 16 and 112.")
+  if d.clip_frames and not is_frames:
+    raise ValueError(f"{where}config.dataset.clip_frames={d.clip_frames} needs a video source "
+                     f"'frames:<root>' (<root>/<split>/<class>/<video>/<frame>.jpg), not {d.source!r}.")
+
+
 def _check_run(config, run_name: str) -> None:
   where = f"run {run_name!r}: " if run_name else ""
   for field, choices in _CHOICES.items():
@@ -383,7 +419,8 @@ def _check_run(config, run_name: str) -> None:
         low is not None and value < low) or (high is not None and value > high):
       bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
       raise ValueError(f"{where}config.{field}={value!r} is out of range; it must be a finite number {bounds}.")
-  if config.pretrain.num_steps == 0 and config.pretrain.epochs <= 0:
+  _check_dataset(config.dataset, where)
+  if not config.init_from and config.pretrain.num_steps == 0 and config.pretrain.epochs <= 0:
     raise ValueError(f"{where}no training: config.pretrain.epochs={config.pretrain.epochs} and num_steps=0. Set "
                      "--config.pretrain.epochs > 0 or --config.pretrain.num_steps > 0.")
   for name in ("arocl", "aacl"):
@@ -400,15 +437,17 @@ def _check_run(config, run_name: str) -> None:
 
 def validate(config, *, num_devices: int = None) -> list:
   """Checks every run's config before any work; returns `resolve_runs(config)`. Raises ValueError with the fix."""
-  from csl_jax.eval import registry as eval_registry  # Lazy: evaluators import JAX.
+  from csl_jax import pretrained  # Lazy: imports JAX.
+  from csl_jax.eval import registry as eval_registry
   runs = resolve_runs(config)
-  for name, _, c in runs:
+  for name, method, c in runs:
     if c.dataset.to_dict() != config.dataset.to_dict():
       raise ValueError(f"run_overrides.{name} changes config.dataset; all runs of one config share the data. "
                        "Put runs on other data in their own config / workdir.")
+    pretrained.check(c, method, where=f"run {name!r}: " if len(runs) > 1 else "")
     _check_run(c, name if len(runs) > 1 else "")
     eval_registry.check(c)
-    if num_devices and c.pretrain.batch_size % num_devices:
+    if num_devices and not c.init_from and c.pretrain.batch_size % num_devices:
       raise ValueError(f"config.pretrain.batch_size={c.pretrain.batch_size} is not divisible by the {num_devices} "
                        f"devices; choose a multiple of {num_devices}.")
   return runs

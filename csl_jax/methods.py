@@ -224,5 +224,7 @@ def classifier_logits(method: Method, model, variables, head, num_classes: int):
   return inference.bind(clf, clf_vars)
 
 
-# Methods whose family lives in its own module register themselves there (their family subclasses one above).
+# Methods whose family lives in its own module register themselves there (IFND's family subclasses one above;
+# "pretrained" evaluates published checkpoints, `--config.init_from`).
 from csl_jax import ifnd as _ifnd  # noqa: E402,F401  pylint: disable=wrong-import-position
+from csl_jax import pretrained as _pretrained  # noqa: E402,F401  pylint: disable=wrong-import-position

@@ -1,4 +1,5 @@
-"""Every file in configs/ builds, validates, and its `:smoke` variant trains a first step; bad arguments fail."""
+"""Every file in configs/ builds, validates, and its `:smoke` variant trains a first step (or, for the configs that
+evaluate a published checkpoint, loads its model and classifies a batch); bad arguments fail."""
 import functools
 import importlib
 import pathlib
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from csl_jax import config as config_lib
-from csl_jax import data, methods
+from csl_jax import data, methods, pretrained
 from csl_jax.train import loop, optim, sharding
 from csl_jax.train.state import create_train_state
 
@@ -16,12 +17,21 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem != "__init__")
 
 
+def _evaluates_a_checkpoint(name: str) -> bool:
+  config = importlib.import_module(f"configs.{name}").get_config()
+  return any(methods.get(method).family is pretrained.Release for _, method, _ in config_lib.resolve_runs(config))
+
+
+CHECKPOINT_CONFIGS = [name for name in CONFIGS if _evaluates_a_checkpoint(name)]
+TRAINING_CONFIGS = [name for name in CONFIGS if name not in CHECKPOINT_CONFIGS]
+
+
 @functools.cache
 def _digits(image_size):
   return data.load("digits", "train", image_size=image_size)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", TRAINING_CONFIGS)
 def test_config_builds_validates_and_trains_a_smoke_step(name):
   module = importlib.import_module(f"configs.{name}")
   config_lib.validate(module.get_config())  # the full recipe is valid too
@@ -46,6 +56,26 @@ def test_config_builds_validates_and_trains_a_smoke_step(name):
   assert np.isfinite(float(metrics["loss"])), (name, run_name)
   changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, jax.device_get(state.params))
   assert any(jax.tree.leaves(changed)), f"{name}: the first step did not update the parameters"
+
+
+@pytest.mark.parametrize("name", CHECKPOINT_CONFIGS)
+def test_checkpoint_config_needs_init_from_and_its_smoke_model_classifies(name):
+  module = importlib.import_module(f"configs.{name}")
+  full = module.get_config()
+  with pytest.raises(ValueError, match=r"set --config\.init_from=<dir>"):  # the recipe needs the user's checkpoint
+    config_lib.validate(full)
+  full.init_from = pretrained.RANDOM
+  config_lib.validate(full)
+  config = module.get_config("smoke")
+  (run_name, method_name, run_config), = config_lib.validate(config, num_devices=jax.device_count())
+  assert config.dataset.source == "digits" and run_config.init_from == pretrained.RANDOM
+  train = _digits(run_config.dataset.image_size)
+  model = pretrained.load(run_config, num_classes=train.num_classes, image_shape=train.image_shape, mean=(0.3,),
+                          std=(0.4,))
+  assert model.step == 0 and not model.has_classifier  # nothing trained; a linear probe will be
+  logits = methods.classifier_logits(methods.get(method_name), model.model, model.variables, None, train.num_classes)
+  out = np.asarray(logits(train.images[:4] / 255.0))
+  assert out.shape == (4, train.num_classes) and np.all(np.isfinite(out)), (name, run_name)
 
 
 @pytest.mark.parametrize("name", CONFIGS)

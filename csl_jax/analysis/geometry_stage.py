@@ -99,9 +99,19 @@ def run_geometry_stage(features, labels, class_names: Sequence[str], out_dir, **
   return result
 
 
+def second_view(augment, key, images):
+  """A SimCLR view of u8 images [B, H, W, C], or of clips [B, T, H, W, C] with one draw per clip: every frame
+  of a clip gets its clip's crop, flip and colour change (`augment` draws one row of uniforms per batch row from
+  `key`), the temporally consistent augmentation of video contrastive learning."""
+  if images.ndim == 5:
+    import jax  # Lazy, as in GeometryEvaluator.run.
+    return jax.vmap(lambda frames: augment(key, frames), in_axes=1, out_axes=1)(images)
+  return augment(key, images)
+
+
 class GeometryEvaluator:
   """geometry.json (+ class_distances.png, tsne.png): inter/intra-class distance ratio (paper Fig. 2),
-  alignment and uniformity of the encoder's test features."""
+  alignment and uniformity of the encoder's test features (images or clips)."""
   name = "geometry"
 
   def __init__(self, config, *, mesh, **unused):
@@ -119,11 +129,11 @@ class GeometryEvaluator:
     from csl_jax import methods
     from csl_jax.eval import batches
     c = self.config
-    augment = methods.simclr_augment(c, dataset.image_shape[0])
+    augment = methods.simclr_augment(c, dataset.image_shape[-2])
     view_key = jax.random.PRNGKey(c.seed + 1)
     feats, labels = batches.map_batches(lambda b: batches.apply_to_uint8(classifier.features, b.images), dataset, c.eval_batch_size, mesh=self.mesh,
                                         num_examples=c.geometry.num_examples, desc="geometry features")
-    view = jax.jit(lambda images, key: classifier.features(augment(key, images)))
+    view = jax.jit(lambda images, key: classifier.features(second_view(augment, key, images)))
     view2, _ = batches.map_batches(lambda b: view(b.images, jax.random.fold_in(view_key, b.index)), dataset,
                                    c.eval_batch_size, mesh=self.mesh, num_examples=c.geometry.num_examples,
                                    desc="geometry second view")

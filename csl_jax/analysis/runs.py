@@ -115,14 +115,21 @@ def sort_key(run: Run):
   return rank, run.name, str(run.path)
 
 
+def _display_name(run: Run) -> str:
+  """A run's name in tables: its run name, or for a published checkpoint (run.json "init_from") its title,
+  "DINO ViT-B/16" (such runs are all named after their method, "pretrained")."""
+  return run.title if run.info.get("init_from") else run.name
+
+
 def label_runs(runs: Sequence[Run]) -> dict:
-  """{run path: display label}: the run name, or its path relative to the common parent when names clash."""
-  names = [run.name for run in runs]
+  """{run path: display label}: the run name (a checkpoint's title, see `_display_name`), or its path relative to
+  the common parent when those clash."""
+  names = [_display_name(run) for run in runs]
   parent = pathlib.Path(os.path.commonpath([r.path for r in runs])) if runs else None
   labels = {}
-  for run in runs:
-    clash = names.count(run.name) > 1
-    labels[run.path] = str(run.path.relative_to(parent)) if clash and run.path != parent else run.name
+  for run, name in zip(runs, names):
+    clash = names.count(name) > 1
+    labels[run.path] = str(run.path.relative_to(parent)) if clash and run.path != parent else name
   return labels
 
 

@@ -14,7 +14,7 @@ from csl_jax.data.dataset import (ArrayDataset, compute_channel_stats, epoch_per
                                   steps_per_epoch)
 from csl_jax.data.sources import KNOWN_STATS, channel_stats, load
 
-_LAZY_SUBMODULES = ("augment", "digits", "folder", "tfds_source")
+_LAZY_SUBMODULES = ("augment", "digits", "folder", "streamed_folder", "tfds_source", "video_frames")
 
 
 def __getattr__(name):

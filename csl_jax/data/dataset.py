@@ -126,44 +126,70 @@ class ArrayDataset:
     the last batch is smaller (evaluation callers pad it themselves).
     process_index/process_count default to jax.process_index()/jax.process_count().
     """
-    process_index, process_count = resolve_processes(process_index, process_count)
-    check_batch_size(global_batch_size, process_count)
-    steps = steps_per_epoch(self.num_examples, global_batch_size, drop_remainder)
-    if steps == 0:
-      raise ValueError(f"{self.name}: {self.num_examples} examples are fewer than one global batch of "
-                       f"{global_batch_size}; lower the batch size or pass drop_remainder=False.")
-    return self._iterate(global_batch_size, seed, start_step, shuffle, steps, process_index, process_count)
+    indices = batch_indices(self.num_examples, global_batch_size, seed=seed, start_step=start_step, shuffle=shuffle,
+                            drop_remainder=drop_remainder, process_index=process_index, process_count=process_count,
+                            name=self.name)
+    return ({"image": self.images[i], "label": self.labels[i], "index": i.astype(np.int32)} for i in indices)
 
-  def _iterate(self, global_batch_size, seed, start_step, shuffle, steps, process_index, process_count):
-    order, order_epoch = np.arange(self.num_examples), None
-    step = start_step
-    while shuffle or step < steps:
-      epoch, within = divmod(step, steps)
-      if shuffle and epoch != order_epoch:
-        order, order_epoch = epoch_permutation(self.num_examples, seed, epoch), epoch
-      indices = order[within * global_batch_size:(within + 1) * global_batch_size]
-      indices = indices[process_slice(len(indices), process_index, process_count)]
-      yield {"image": self.images[indices], "label": self.labels[indices], "index": indices.astype(np.int32)}
-      step += 1
+
+def batch_indices(num_examples: int, global_batch_size: int, *, seed: int, start_step: int = 0, shuffle: bool = True,
+                  drop_remainder: bool = True, process_index: int | None = None, process_count: int | None = None,
+                  name: str = "") -> Iterator[np.ndarray]:
+  """The example indices of `ArrayDataset.batches` (same arguments): int64[local_b] per batch, this process' slice.
+
+  Shared by every dataset that holds its examples by index (in memory, or decoded per batch from files), so they
+  all visit the same examples in the same order for the same (seed, step). Validates the arguments at the call.
+  """
+  process_index, process_count = resolve_processes(process_index, process_count)
+  check_batch_size(global_batch_size, process_count)
+  steps = steps_per_epoch(num_examples, global_batch_size, drop_remainder)
+  if steps == 0:
+    raise ValueError(f"{name}: {num_examples} examples are fewer than one global batch of "
+                     f"{global_batch_size}; lower the batch size or pass drop_remainder=False.")
+  return _iterate_indices(num_examples, global_batch_size, seed, start_step, shuffle, steps, process_index,
+                          process_count)
+
+
+def _iterate_indices(num_examples, global_batch_size, seed, start_step, shuffle, steps, process_index, process_count):
+  order, order_epoch = np.arange(num_examples), None
+  step = start_step
+  while shuffle or step < steps:
+    epoch, within = divmod(step, steps)
+    if shuffle and epoch != order_epoch:
+      order, order_epoch = epoch_permutation(num_examples, seed, epoch), epoch
+    indices = order[within * global_batch_size:(within + 1) * global_batch_size]
+    yield indices[process_slice(len(indices), process_index, process_count)]
+    step += 1
 
 
 # ----------------------------------------------------------------------------------------------------
 # Host-side resizing shared by the sources (done once at load time, not per step).
 
 
-def fit_image(image: Image.Image, size: int) -> Image.Image:
-  """Resizes the shorter side to `size` (PIL bilinear, antialiased when shrinking), then center-crops size x size."""
+def fit_image(image: Image.Image, size: int, resize_size: int | None = None) -> Image.Image:
+  """Resizes the shorter side to `resize_size` (default `size`), then center-crops size x size.
+
+  torchvision's `Resize(resize_size)` + `CenterCrop(size)` on a PIL image, the evaluation transform of the
+  ImageNet releases (resize 256, crop 224): PIL bilinear (antialiased when shrinking), the longer side becomes
+  int(resize_size * long / short), the crop starts at round((side - size) / 2). resize_size >= size.
+  """
+  resize_size = resize_size or size
+  if resize_size < size:
+    raise ValueError(f"resize_size={resize_size} is smaller than the crop size {size}.")
   width, height = image.size
-  if (width, height) != (size, size):
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+  short, long = min(width, height), max(width, height)
+  if short != resize_size:
+    new_long = int(resize_size * long / short)
+    new_w, new_h = (resize_size, new_long) if width <= height else (new_long, resize_size)
     image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
+    width, height = new_w, new_h
+  if (width, height) != (size, size):
+    left, top = int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
     image = image.crop((left, top, left + size, top + size))
   return image
 
 
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+def resize_images(images: np.ndarray, size: int, resize_size: int | None = None) -> np.ndarray:
   """u8[N, H, W, C] (C = 1 or 3) -> u8[N, size, size, C] via `fit_image` (shorter side + center crop)."""
   if images.shape[1:3] == (size, size):
     return images
@@ -171,7 +197,7 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
   out = np.empty((len(images), size, size, channels), np.uint8)
   for i, img in enumerate(images):
     pil = Image.fromarray(img[..., 0] if channels == 1 else img)
-    out[i] = np.asarray(fit_image(pil, size)).reshape(size, size, channels)
+    out[i] = np.asarray(fit_image(pil, size, resize_size)).reshape(size, size, channels)
   return out
 
 

@@ -23,7 +23,10 @@ from csl_jax.data import dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 DEFAULT_CACHE_DIR = "~/.cache/csl_jax"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 3  # 2: torchvision's rounding in `dataset.fit_image`; 3: stored in `fixed_order`
+# Splits are stored in a fixed shuffle of the sorted (class, file) list, as TFDS stores shuffled records: the
+# "first N test images" an evaluation takes (robustness.num_examples, ...) then cover every class, not one.
+ORDER_SEED = 0
 # Below this many images, or this mean file size, a thread pool costs more than it saves.
 _PARALLEL_MIN_IMAGES = 2048
 _PARALLEL_MIN_BYTES = 16 << 10
@@ -35,7 +38,7 @@ def _is_image(rel_path: str) -> bool:
   return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _list_entries(path: pathlib.Path):
+def list_entries(path: pathlib.Path):
   """(image files, directories) of a directory or zip, as '/'-separated paths relative to its top."""
   if path.is_dir():
     files, dirs = [], []
@@ -75,7 +78,7 @@ def _splits_under(prefix: str, files, dirs) -> dict:
 
 def index_split(path: pathlib.Path, split: str, source: str):
   """(sorted class names over all splits, [(file, label)] for `split`), with errors that say what to fix."""
-  files, dirs = _list_entries(path)
+  files, dirs = list_entries(path)
   tops = sorted({d.split("/")[0] for d in dirs})
   candidates = [""] + [top + "/" for top in tops]
   trees = {prefix: _splits_under(prefix, files, dirs) for prefix in candidates}
@@ -119,20 +122,32 @@ def cache_path(path, split: str, *, cache_dir=None, image_size=None) -> pathlib.
   return _cache_file(path, split, image_size, cache_dir, entries)
 
 
+def fixed_order(num_examples: int) -> np.ndarray:
+  """The stored order of a folder split (in memory or streamed): positions into the sorted (class, file) list,
+  a permutation fixed once and for all (seed ORDER_SEED)."""
+  return np.random.default_rng(ORDER_SEED).permutation(num_examples)
+
+
 class MixedSizesError(ValueError):
   """The images of a split differ in size and no image_size was given."""
 
 
-def _decode_one(archive, path: str, name: str, image_size) -> np.ndarray:
-  raw = archive.read(name) if archive else pathlib.Path(path, name).read_bytes()
+def decode_image(raw: bytes, path: str, name: str, image_size=None, resize_size=None) -> np.ndarray:
+  """Encoded image bytes (file `name` of the folder at `path`) -> u8[H, W, 3], resized by `dataset.fit_image`
+  when image_size is given."""
   try:
     with Image.open(io.BytesIO(raw)) as image:
       image = image.convert("RGB")  # Grayscale, palette, RGBA, CMYK -> RGB.
   except OSError as error:
     raise OSError(f"{path}: cannot decode {name!r} ({error}); delete or replace the file.") from error
   if image_size is not None:
-    image = dataset.fit_image(image, image_size)
+    image = dataset.fit_image(image, image_size, resize_size)
   return np.asarray(image, np.uint8)
+
+
+def _decode_one(archive, path: str, name: str, image_size) -> np.ndarray:
+  raw = archive.read(name) if archive else pathlib.Path(path, name).read_bytes()
+  return decode_image(raw, path, name, image_size)
 
 
 def decode_files(path: str, names, image_size, out: np.ndarray) -> None:
@@ -188,7 +203,8 @@ def _decode_all(path: pathlib.Path, names, image_size, num_workers) -> np.ndarra
 
 def load(path: str, split: str, *, cache_dir: str | None = None, image_size: int | None = None,
          num_workers: int | None = None) -> dataset.ArrayDataset:
-  """Loads `<path>/<split>/<class>/*` (a directory or .zip) as an ArrayDataset of u8[N, H, W, 3].
+  """Loads `<path>/<split>/<class>/*` (a directory or .zip) as an ArrayDataset of u8[N, H, W, 3], in
+  `fixed_order` (example k is entry fixed_order(N)[k] of the split sorted by class name, then file name).
 
   image_size: resize the shorter side and center-crop to image_size x image_size (required when the
   images differ in size). num_workers: decode threads (default: all cores, capped at 16, for splits of
@@ -211,6 +227,7 @@ def load(path: str, split: str, *, cache_dir: str | None = None, image_size: int
                                   class_names=[str(c) for c in cached["class_names"]], name=f"{source}:{split}")
   if entries is None:
     class_names, entries = index_split(resolved, split, source)
+  entries = [entries[i] for i in fixed_order(len(entries))]
   try:
     images = _decode_all(resolved, [f for f, _ in entries], image_size, num_workers)
   except MixedSizesError as error:

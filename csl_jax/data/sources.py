@@ -3,34 +3,55 @@
 Sources:
   "digits"          scikit-learn's bundled 8x8 digits (offline; see `digits.py`).
   "tfds:<name>"     a prepared tensorflow-datasets dataset (never downloaded; see `tfds_source.py`).
-  "folder:<path>"   an image folder `<root>/<split>/<class>/<file>` or a .zip of one (see `folder.py`).
+  "folder:<path>"   an image folder `<root>/<split>/<class>/<file>` or a .zip of one: decoded once into memory
+                    (`folder.py`), or per batch when resized to a crop (resize_size) or too large for memory
+                    (`streamed_folder.py`).
+  "frames:<path>"   videos as folders of frames `<root>/<split>/<class>/<video>/<frame>.jpg`, one clip of
+                    clip_frames frames per video, streamed (`video_frames.py`).
 
 The source modules are imported lazily: "digits" and "folder:" never pay for importing TensorFlow.
 """
+import os
+
 from csl_jax.data.dataset import compute_channel_stats
 
-SOURCES_HELP = ('"digits", "tfds:<name>" (e.g. tfds:cifar10, tfds:imagenet2012) or "folder:<path>" '
-                '(a directory <root>/<split>/<class>/<image> or a .zip of one)')
+SOURCES_HELP = ('"digits", "tfds:<name>" (e.g. tfds:cifar10, tfds:imagenet2012), "folder:<path>" '
+                '(a directory <root>/<split>/<class>/<image> or a .zip of one) or "frames:<path>" (videos: '
+                '<root>/<split>/<class>/<video>/<frame>.jpg)')
 
 
 def load(source: str, split: str, *, data_dir: str | None = None, cache_dir: str | None = None,
-         image_size: int | None = None):
-  """Loads split `split` of `source` (see the module docstring); returns an ArrayDataset or, for large
-  TFDS datasets (imagenet2012), a `tfds_source.StreamingDataset` with the same `batches(...)` but no `.images`.
+         image_size: int | None = None, resize_size: int | None = None, clip_frames: int = 0):
+  """Loads split `split` of `source` (see the module docstring): an ArrayDataset, or a streamed dataset with the
+  same `batches(...)` but no `.images` (`tfds_source.StreamingDataset` for large TFDS datasets such as
+  imagenet2012, `streamed_folder.StreamedFolder` for large or resized image folders and for frame folders).
 
   data_dir: TFDS data directory. cache_dir: where decoded image folders are cached (default ~/.cache/csl_jax).
   image_size: resize (shorter side) + center-crop every image to image_size x image_size on the host.
+  resize_size: resize the shorter side to resize_size first, then center-crop image_size (the ImageNet evaluation
+    transform: 256 then 224); None: to image_size.
+  clip_frames: frames per clip of a "frames:" source (videos).
   """
   kind, sep, arg = source.partition(":")
+  if clip_frames and kind != "frames":
+    raise ValueError(f"clip_frames={clip_frames} is for video frame folders (\"frames:<path>\"), not {source!r}.")
   if source == "digits":
+    if resize_size:
+      raise ValueError("digits: resize_size is not supported (8x8 images); resize with image_size only.")
     from csl_jax.data import digits
     return digits.load(split, image_size=image_size)
   if sep and kind == "tfds" and arg:
     from csl_jax.data import tfds_source
-    return tfds_source.load(arg, split, data_dir=data_dir, image_size=image_size)
+    return tfds_source.load(arg, split, data_dir=data_dir, image_size=image_size, resize_size=resize_size)
   if sep and kind == "folder" and arg:
-    from csl_jax.data import folder
+    from csl_jax.data import folder, streamed_folder
+    if resize_size or (os.path.exists(os.path.expanduser(arg)) and
+                       streamed_folder.too_large_for_memory(arg, split, image_size)):
+      return streamed_folder.load_images(arg, split, image_size=image_size, resize_size=resize_size)
     return folder.load(arg, split, cache_dir=cache_dir, image_size=image_size)
+  if sep and kind == "frames" and arg:
+    from csl_jax.data import video_frames
+    return video_frames.load(arg, split, clip_frames=clip_frames, image_size=image_size, resize_size=resize_size)
   raise ValueError(f"Unknown data source {source!r}; expected {SOURCES_HELP}.")
 
 

@@ -83,12 +83,13 @@ def _num_examples(builder, split: str, name: str) -> int:
 
 
 def load(name: str, split: str, *, data_dir: str | None = None, image_size: int | None = None,
-         stream: bool | None = None):
+         resize_size: int | None = None, stream: bool | None = None):
   """Split `split` of the prepared TFDS dataset `name`: an ArrayDataset, or a StreamingDataset when
   `stream` is True or (stream=None) the images vary in size or exceed IN_MEMORY_LIMIT_BYTES decoded.
 
   image_size: resize the shorter side and center-crop to image_size x image_size (required to stream
-  images of varying size).
+  images of varying size). resize_size: resize the shorter side to resize_size first (ImageNet evaluation:
+  256, then the 224 crop); None: to image_size.
   """
   builder = _prepared_builder(name, data_dir)
   image_key, label_key = _feature_keys(builder, name)
@@ -99,33 +100,36 @@ def load(name: str, split: str, *, data_dir: str | None = None, image_size: int 
   if stream is None:
     stream = not fixed or num_examples * int(np.prod(shape)) > IN_MEMORY_LIMIT_BYTES
   if not stream:
-    return _load_in_memory(builder, split, image_key, label_key, class_names, image_size, name)
+    return _load_in_memory(builder, split, image_key, label_key, class_names, image_size, resize_size, name)
   if image_size is None and not fixed:
     raise ValueError(f"tfds:{name}: images vary in size {shape}; pass image_size=N to resize the shorter side "
                      f"to N and center-crop N x N on the host (e.g. 256 for 224 random crops on the device).")
   image_shape = ((image_size, image_size) if image_size else tuple(shape[:2])) + (shape[2],)
   return StreamingDataset(builder=builder, split=split, image_key=image_key, label_key=label_key,
                           class_names=class_names, num_examples=num_examples, image_shape=image_shape,
-                          resize=image_size is not None, name=f"tfds:{name}:{split}")
+                          resize=image_size is not None, resize_size=resize_size, name=f"tfds:{name}:{split}")
 
 
-def _load_in_memory(builder, split, image_key, label_key, class_names, image_size, name):
+def _load_in_memory(builder, split, image_key, label_key, class_names, image_size, resize_size, name):
   _, tfds = _import_tfds()
   data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
   images = np.asarray(data[image_key], np.uint8)
   if image_size is not None:
-    images = dataset.resize_images(images, image_size)
+    images = dataset.resize_images(images, image_size, resize_size)
   return dataset.ArrayDataset(images=images, labels=np.asarray(data[label_key], np.int32),
                               class_names=class_names, name=f"tfds:{name}:{split}")
 
 
-def _fit_image_tf(image, size: int):
-  """tf u8[h, w, C] -> u8[size, size, C]: shorter side to `size` (bilinear, antialiased), center crop."""
+def _fit_image_tf(image, size: int, resize_size: int | None = None):
+  """tf u8[h, w, C] -> u8[size, size, C]: shorter side to `resize_size` (default size; bilinear, antialiased),
+  center crop; the sizes and crop offsets of `dataset.fit_image` (torchvision's Resize + CenterCrop)."""
   tf, _ = _import_tfds()
+  resize_size = resize_size or size
   hw = tf.cast(tf.shape(image)[:2], tf.float32)
-  new_hw = tf.maximum(tf.cast(tf.round(hw * size / tf.reduce_min(hw)), tf.int32), size)
+  new_hw = tf.maximum(tf.cast(tf.floor(hw * resize_size / tf.reduce_min(hw)), tf.int32), resize_size)
   image = tf.image.resize(image, new_hw, method="bilinear", antialias=True)
-  top, left = (new_hw[0] - size) // 2, (new_hw[1] - size) // 2
+  offsets = tf.cast(tf.round(tf.cast(new_hw - size, tf.float32) / 2.0), tf.int32)
+  top, left = offsets[0], offsets[1]
   image = image[top:top + size, left:left + size]
   return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
@@ -147,6 +151,7 @@ class StreamingDataset:
   image_shape: tuple
   resize: bool
   name: str
+  resize_size: int | None = None
   shuffle_buffer: int = 16_384
 
   @property
@@ -221,6 +226,6 @@ class StreamingDataset:
     tf, _ = _import_tfds()
     image = tf.io.decode_image(encoded, channels=self.image_shape[-1], expand_animations=False)
     if self.resize:
-      image = _fit_image_tf(image, self.image_shape[0])
+      image = _fit_image_tf(image, self.image_shape[0], self.resize_size)
     image = tf.ensure_shape(image, self.image_shape)
     return {"image": image, "label": tf.cast(label, tf.int32)}

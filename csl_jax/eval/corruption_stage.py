@@ -246,6 +246,9 @@ class CorruptionEvaluator:
 
   @classmethod
   def check(cls, config) -> None:
+    if config.dataset.clip_frames:
+      raise ValueError("config.corruptions: the common corruptions (ImageNet-C / CIFAR-10-C) are defined for images, "
+                       "and config.dataset.clip_frames > 0 gives clips; set --config.corruptions.enabled=False.")
     cls.settings(config)
 
   def spec(self) -> dict:

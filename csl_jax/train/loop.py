@@ -24,10 +24,17 @@ from csl_jax.train.state import create_train_state
 
 @dataclasses.dataclass(frozen=True)
 class Pretrained:
-  """The result of `pretrain`: the model, its {"params", "batch_stats"} and the training step they are from."""
+  """The result of `pretrain`: the model, its {"params", "batch_stats"} and the training step they are from.
+
+  has_classifier: the variables hold a trained classifier head, evaluated end to end (CE; a converted release with
+  its own classifier) instead of a linear probe. source: where weights not trained here came from (a converted
+  checkpoint's digests, `csl_jax.pretrained`), recorded in every result's provenance; None for trained ones.
+  """
   model: Any
   variables: dict
   step: int
+  has_classifier: bool = False
+  source: Optional[dict] = None
 
 
 def training_length(config, num_examples: int):
@@ -116,7 +123,7 @@ def pretrain(config, method, run_dir, train_ds, *, mean, std, mesh=None,
     if start_step > total_steps:
       logging.warning("%s: the newest checkpoint is at step %d, past the configured %d steps; using it as is "
                       "(use a fresh workdir to train a shorter run).", run_dir.name, start_step, total_steps)
-    return Pretrained(model, variables(state), start_step)
+    return Pretrained(model, variables(state), start_step, has_classifier=method.trains_classifier)
 
   train_step = make_train_step(method, config, model, tx, lr_fn, mesh, image_size, total_steps)
   step_key = sharding.replicate(step_key, mesh)
@@ -159,4 +166,4 @@ def pretrain(config, method, run_dir, train_ds, *, mean, std, mesh=None,
       on_step(step)
   writer.flush()
   logging.info("%s: pretraining done in %.1fs.", run_dir.name, time.time() - t0)
-  return Pretrained(model, variables(state), total_steps)
+  return Pretrained(model, variables(state), total_steps, has_classifier=method.trains_classifier)

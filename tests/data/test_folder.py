@@ -59,16 +59,19 @@ def test_directory_zip_and_nested_zip_give_identical_arrays(tiny, tmp_path):
 def test_labels_follow_sorted_class_directories_and_pixels_match_pil(tiny, tmp_path):
   ds = data.load(f"folder:{tiny}", "train", cache_dir=tmp_path / "cache")
   assert ds.class_names == sorted(TINY_CLASSES) and ds.image_shape == (5, 6, 3)
-  np.testing.assert_array_equal(ds.labels, np.repeat([0, 1, 2], 4))
+  order = folder.fixed_order(ds.num_examples)  # stored k = sorted (class, file) entry order[k]
+  np.testing.assert_array_equal(ds.labels, np.repeat([0, 1, 2], 4)[order])
+  assert not np.array_equal(order, np.arange(ds.num_examples))
   for k in range(ds.num_examples):
-    file = tiny / "train" / ds.class_names[ds.labels[k]] / f"{k % 4:03d}.png"
+    file = tiny / "train" / ds.class_names[ds.labels[k]] / f"{order[k] % 4:03d}.png"
     np.testing.assert_array_equal(ds.images[k], np.asarray(Image.open(file).convert("RGB")))
 
 
 def test_grayscale_becomes_three_equal_channels(tiny, tmp_path):
   ds = data.load(f"folder:{tiny}", "train", cache_dir=tmp_path / "cache")
   write_index = [TINY_CLASSES.index(ds.class_names[label]) for label in ds.labels]  # As _write_tiny_folder.
-  gray = [k for k in range(ds.num_examples) if MODES[(write_index[k] + k % 4) % len(MODES)] == "L"]
+  order = folder.fixed_order(ds.num_examples)
+  gray = [k for k in range(ds.num_examples) if MODES[(write_index[k] + order[k] % 4) % len(MODES)] == "L"]
   assert gray
   for k in gray:
     assert np.all(ds.images[k, ..., 0] == ds.images[k, ..., 1]) and np.all(ds.images[k, ..., 1] == ds.images[k, ..., 2])
@@ -115,7 +118,8 @@ def test_mixed_sizes_need_image_size(tmp_path):
     data.load(f"folder:{root}", "train", cache_dir=tmp_path / "cache")
   ds = data.load(f"folder:{root}", "train", cache_dir=tmp_path / "cache", image_size=4)
   assert ds.images.shape == (13, 4, 4, 3)
-  big = ds.images[list(ds.labels).index(0) + 4]  # "big.png" sorts after 000..003.png in class "ant".
+  # "big.png" sorts after 000..003.png in class "ant": sorted entry 4, stored at the k where fixed_order[k] == 4.
+  big = ds.images[list(folder.fixed_order(ds.num_examples)).index(4)]
   np.testing.assert_array_equal(big, np.broadcast_to([200, 10, 10], (4, 4, 3)))
 
 
@@ -166,6 +170,8 @@ def test_cifar10_counts_and_class_order(cifar_test):
   assert ds.class_names == CIFAR10_CLASSES
   assert ds.images.shape == (10000, 32, 32, 3)
   np.testing.assert_array_equal(np.bincount(ds.labels), np.full(10, 1000))
+  # The first 1,000 (what robustness.num_examples=1000 evaluates) cover every class.
+  assert np.bincount(ds.labels[:1000], minlength=10).min() >= 70
 
 
 def test_cifar10_images_match_their_named_zip_entries(cifar_test, cifar10_zip):
@@ -173,9 +179,9 @@ def test_cifar10_images_match_their_named_zip_entries(cifar_test, cifar10_zip):
   rng = np.random.default_rng(0)
   with zipfile.ZipFile(cifar10_zip) as archive:
     for k in rng.choice(ds.num_examples, 12, replace=False):
-      # Examples are stored sorted by (class, file name), and files are numbered 0000..0999 per class.
-      label = ds.labels[k]
-      entry = f"test/{CIFAR10_CLASSES[label]}/{k - 1000 * label:04d}.jpg"
+      # Example k is entry fixed_order[k] of the list sorted by (class, file name); files are 0000..0999 per class.
+      label, sorted_index = ds.labels[k], folder.fixed_order(ds.num_examples)[k]
+      entry = f"test/{CIFAR10_CLASSES[label]}/{sorted_index - 1000 * label:04d}.jpg"
       expected = np.asarray(Image.open(io.BytesIO(archive.read(entry))).convert("RGB"))
       np.testing.assert_array_equal(ds.images[k], expected)
 
