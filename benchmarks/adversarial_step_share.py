@@ -1,10 +1,13 @@
 """Share of the RoCL / ACL(DS) train step spent in the in-step PGD attack (csl_jax/train/adversarial.py).
 
 The same registry step is compiled twice: with the recipe's attack steps (RoCL 7, ACL 5) and with 0 steps
-(random start only, everything else identical). The attack's share is (T_k − T_0) / T_k. The two are timed in
-alternation (ABAB...) so machine noise hits both alike; medians are reported.
+(random start only, everything else identical). The attack's share is (T_k − T_0) / T_k; the rest is the model
+update on the (clean and adversarial) views. The same model's SimCLR step is timed alongside, for the cost of
+adversarial pretraining (T_k / T_SimCLR). All three are timed in alternation (ABCABC...) so machine noise hits
+them alike; medians are reported.
 
   python benchmarks/adversarial_step_share.py --encoder resnet18_cifar --batch 64 --repeats 5
+  python benchmarks/adversarial_step_share.py --encoder small_cnn --batch 256 --repeats 7
 """
 import argparse
 import functools
@@ -37,7 +40,7 @@ def build(name, args, mesh, steps):
   state = jax.jit(functools.partial(create_train_state, model, tx), out_shardings=sharding.replicated(mesh))(
       jax.random.PRNGKey(0), jnp.zeros((2, args.size, args.size, 3)))
   step = loop.make_train_step(method, config, model, tx, lr_fn, mesh, args.size, 10_000)
-  return state, step, config.methods[name].steps
+  return state, step, config.methods[name].get("steps")
 
 
 def main():
@@ -57,6 +60,7 @@ def main():
   results = []
   for name in args.methods.split(","):
     runs = {label: build(name, args, mesh, steps) for label, steps in (("attack", None), ("no_attack", 0))}
+    runs["simclr"] = build("simclr", args, mesh, None)  # the same model's plain SimCLR step, timed alongside
     states = {label: run[0] for label, run in runs.items()}  # the step donates its state: carry it
     times = {label: [] for label in runs}
     for repeat in range(args.repeats + 1):  # the first round compiles and warms up
@@ -65,9 +69,10 @@ def main():
         states[label] = jax.block_until_ready(step(states[label], batch, key))[0]
         if repeat:
           times[label].append(time.perf_counter() - t0)
-    t_k, t_0 = statistics.median(times["attack"]), statistics.median(times["no_attack"])
+    t_k, t_0, t_s = (statistics.median(times[label]) for label in ("attack", "no_attack", "simclr"))
     results.append({"method": name, "attack_steps": runs["attack"][2], "step_ms": 1e3 * t_k,
-                    "step_without_attack_ms": 1e3 * t_0, "attack_share": (t_k - t_0) / t_k})
+                    "step_without_attack_ms": 1e3 * t_0, "attack_share": (t_k - t_0) / t_k,
+                    "simclr_step_ms": 1e3 * t_s, "cost_vs_simclr": t_k / t_s})
   print(json.dumps({"encoder": args.encoder, "batch": args.batch, "size": args.size, "devices": mesh.size,
                     "backend": jax.default_backend(), "machine": platform.processor() or platform.machine(),
                     "results": results}, indent=2))
