@@ -38,12 +38,18 @@ class Hierarchy(NamedTuple):
   centroids: tuple
 
 
+def squared_distances(a, b):
+  """f32[A, B]: squared Euclidean distance of each row of a f32[A, D] to each row of b f32[B, D], clipped at 0.
+
+  |a - b|^2 = |a|^2 - 2 a.b + |b|^2; HIGHEST keeps TPU matmuls in f32 so an argmin over it does not flip."""
+  a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+  cross = jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)
+  return jnp.maximum(jnp.sum(a * a, -1)[:, None] - 2.0 * cross + jnp.sum(b * b, -1)[None, :], 0.0)
+
+
 def assign(x, centroids):
   """(int32[N] index of the nearest centroid (squared Euclidean; ties -> lowest index), f32[N] squared distance)."""
-  x = x.astype(jnp.float32)
-  # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; HIGHEST keeps TPU matmuls in f32 so the argmin does not flip.
-  cross = jnp.matmul(x, centroids.T, precision=jax.lax.Precision.HIGHEST)
-  distance = jnp.sum(x * x, -1, keepdims=True) - 2.0 * cross + jnp.sum(centroids * centroids, -1)[None, :]
+  distance = squared_distances(x, centroids)
   return jnp.argmin(distance, axis=-1).astype(jnp.int32), jnp.min(distance, axis=-1)
 
 
@@ -95,13 +101,6 @@ def sharded_lloyd(mesh, *, num_iters: int, axis_name: str = sharding.DATA_AXIS):
                        out_specs=(P(), P(axis_name)))
 
 
-def _squared_distances(points, x):
-  """f32[P, N]: squared Euclidean distance of each of P points to each of N rows of x (clipped at 0)."""
-  cross = jnp.matmul(points, x.T, precision=jax.lax.Precision.HIGHEST)
-  distance = jnp.sum(points * points, -1)[:, None] - 2.0 * cross + jnp.sum(x * x, -1)[None, :]
-  return jnp.maximum(distance, 0.0)
-
-
 def initial_centroids(key, x, k: int, *, weights=None, num_trials: int = 0):
   """f32[k, D]: k rows of f32[N, D] x chosen by greedy k-means++ (Arthur & Vassilvitskii 2007; sklearn's
   `kmeans_plusplus`, whose default num_trials = 2 + floor(ln k) is used for num_trials=0), for points with
@@ -122,14 +121,14 @@ def initial_centroids(key, x, k: int, *, weights=None, num_trials: int = 0):
   weights = jnp.ones((num_points,), jnp.float32) if weights is None else weights.astype(jnp.float32)
   first_key, key = jax.random.split(key)
   first = jax.random.choice(first_key, num_points, p=weights / jnp.sum(weights))
-  nearest = _squared_distances(x[first][None], x)[0].at[first].set(0.0)
+  nearest = squared_distances(x[first][None], x)[0].at[first].set(0.0)
 
   def body(i, carry):
     centroids, nearest = carry
     mass = weights * nearest
     p = jnp.where(jnp.sum(mass) > 0, mass, weights)  # every weighted row already chosen (duplicates): ∝ weight
     candidates = jax.random.choice(jax.random.fold_in(key, i), num_points, (num_trials,), p=p / jnp.sum(p))
-    after = jnp.minimum(nearest[None, :], _squared_distances(x[candidates], x))
+    after = jnp.minimum(nearest[None, :], squared_distances(x[candidates], x))
     after = after.at[jnp.arange(num_trials), candidates].set(0.0)
     best = jnp.argmin(jnp.sum(after * weights[None, :], axis=1))
     return centroids.at[i].set(x[candidates[best]]), after[best]

@@ -37,6 +37,17 @@ def _encoder(config):
   return models.get_encoder(config.model.encoder, dtype=jnp.dtype(config.model.dtype))
 
 
+def linear_probe_classifier(model, variables, head, num_classes: int):
+  """(ImageClassifier, its variables): the encoder of `model` (any model with an `encoder` submodule and mean/std)
+  with its weights from `variables`, under the linear probe `head` ({"kernel": f32[D, C], "bias": f32[C]})."""
+  clf = models.ImageClassifier(encoder=model.encoder, num_classes=num_classes, mean=model.mean, std=model.std)
+  batch_stats = variables.get("batch_stats", {})
+  clf_vars = {"params": {"encoder": variables["params"]["encoder"],
+                         "head": {"kernel": jnp.asarray(head["kernel"]), "bias": jnp.asarray(head["bias"])}},
+              "batch_stats": {"encoder": batch_stats["encoder"]} if "encoder" in batch_stats else {}}
+  return clf, clf_vars
+
+
 class Contrastive(NoMethodState):
   """Encoder + projection head trained on two views with a contrastive loss; evaluated by a linear probe."""
   trains_classifier = False
@@ -60,11 +71,7 @@ class Contrastive(NoMethodState):
 
   @staticmethod
   def classifier(model, variables, head, num_classes: int):
-    clf = models.ImageClassifier(encoder=model.encoder, num_classes=num_classes, mean=model.mean, std=model.std)
-    clf_vars = {"params": {"encoder": variables["params"]["encoder"],
-                           "head": {"kernel": jnp.asarray(head["kernel"]), "bias": jnp.asarray(head["bias"])}},
-                "batch_stats": {"encoder": variables["batch_stats"]["encoder"]}}
-    return clf, clf_vars
+    return linear_probe_classifier(model, variables, head, num_classes)
 
 
 class Supervised(NoMethodState):

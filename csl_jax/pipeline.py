@@ -33,8 +33,7 @@ def load_datasets(config, workdir):
   return train, test
 
 
-def _write_run_info(run_dir, name, method, config, train_ds, test_ds):
-  labelled = train_ds if train_ds is not None else test_ds
+def _write_run_info(run_dir, name, method, config, train_ds, labelled):
   info = {"name": name, "method": method.name, "title": method.title, "dataset": config.dataset.source,
           "encoder": config.model.encoder}
   if config.init_from:  # A published checkpoint: nothing is trained here.
@@ -46,13 +45,12 @@ def _write_run_info(run_dir, name, method, config, train_ds, test_ds):
                                                "class_names": list(labelled.class_names), "config": config.to_dict()})
 
 
-def trained_classifier(config, method, pretrained, run_dir, train_ds, mesh, *, labelled=None) -> tuple:
+def trained_classifier(config, method, pretrained, run_dir, train_ds, mesh, *, labelled) -> tuple:
   """(Classifier for the evaluators, train-features thunk (`linear.train_features`)) of a pretrained model.
 
   A model without a trained classifier of its own gets the linear probe (fitted once per encoder and linear_eval
-  settings). labelled: the split that names the classes (default train_ds; the test split without a train split).
+  settings). labelled: the split that names the classes (train_ds; the test split without a train split).
   """
-  labelled = labelled if labelled is not None else train_ds
   features = method.family.features(pretrained.model, pretrained.variables)
   fingerprint = {"checkpoint_step": pretrained.step, "params_sha256": evaluators.digest(pretrained.variables)}
   if pretrained.source is not None:
@@ -80,8 +78,8 @@ def run_one(config, name, method, run_dir, train_ds, test_ds, mesh, *, mean, std
   run_dir = pathlib.Path(run_dir)
   run_dir.mkdir(parents=True, exist_ok=True)
   stored_config = checkpoint.read_stored_config(run_dir)  # before run.json is rewritten with this config
-  _write_run_info(run_dir, name, method, config, train_ds, test_ds)
   labelled = train_ds if train_ds is not None else test_ds
+  _write_run_info(run_dir, name, method, config, train_ds, labelled)
   if config.init_from:  # A published checkpoint (method "pretrained"): loaded instead of trained.
     pretrained = pretrained_lib.load(config, num_classes=labelled.num_classes, image_shape=test_ds.image_shape,
                                      mean=mean, std=std)

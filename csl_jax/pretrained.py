@@ -61,11 +61,7 @@ class Release(NoMethodState):
     """The release's classifier (head None), or its encoder under the linear probe `head`."""
     if head is None:
       return model, variables
-    clf = models.ImageClassifier(encoder=model.encoder, num_classes=num_classes, mean=model.mean, std=model.std)
-    params = {k: v for k, v in variables["params"].items() if k != "head"}
-    return clf, {"params": {**params, "head": {"kernel": jnp.asarray(head["kernel"]),
-                                               "bias": jnp.asarray(head["bias"])}},
-                 "batch_stats": variables.get("batch_stats", {})}
+    return methods.linear_probe_classifier(model, variables, head, num_classes)
 
 
 def _uses_release_head(config, meta: dict, num_classes: int) -> bool:

@@ -277,11 +277,10 @@ class LinearEvaluator:
       bank = knn.make_bank(*held, num_classes=classifier.num_classes, k=self.config.linear_eval.knn_k,
                            temperature=self.config.linear_eval.knn_temperature)
 
-    totals = np.zeros(3, np.int64)
-    for batch in batches.eval_batches(dataset, self.config.eval_batch_size, mesh=self.mesh):
-      totals += np.asarray(jax.device_get(_counts(inference.as_pytree(classifier.features),
-                                                  inference.as_pytree(classifier.logits), bank, batch.images,
-                                                  batch.labels, batch.mask)))
+    features_fn, logits_fn = inference.as_pytree(classifier.features), inference.as_pytree(classifier.logits)
+    counts = [_counts(features_fn, logits_fn, bank, batch.images, batch.labels, batch.mask)  # one sync, at the end
+              for batch in batches.eval_batches(dataset, self.config.eval_batch_size, mesh=self.mesh)]
+    totals = np.sum(np.asarray(jax.device_get(counts), np.int64), axis=0)
     top1 = totals[0] / totals[2]
     knn_top1 = None if bank is None else float(totals[1] / totals[2])
     knn_text = "skipped (train features not held)" if knn_top1 is None else f"{100 * knn_top1:.2f}%"
