@@ -2,4 +2,3 @@
 from csl_jax import xla_cpu_flags as _xla_cpu_flags
 
 _xla_cpu_flags.use_fast_cpu_convolutions()
-_xla_cpu_flags.reuse_freed_host_memory()

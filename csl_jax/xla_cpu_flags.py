@@ -1,4 +1,4 @@
-"""XLA:CPU settings that csl_jax applies before JAX starts its CPU backend.
+"""XLA:CPU settings: the one csl_jax applies at import, and an opt-in malloc setting.
 
 jaxlib 0.10 routes CPU convolutions through YNNPACK fusions by default. On the CIFAR-sized layers this
 library trains and attacks, XLA's Eigen convolutions are markedly faster (2-core AMD EPYC, jaxlib
@@ -11,7 +11,8 @@ anything with JAX for the setting to apply. A user's own `xla_cpu_experimental_y
 XLA_FLAGS is left alone, and CSL_JAX_KEEP_XLA_FLAGS=1 disables the change altogether. Older jaxlibs,
 which do not know the flag (and would abort on it), are never given it.
 
-`reuse_freed_host_memory` keeps XLA:CPU's large buffers in the process heap between steps. Every execution
+`reuse_freed_host_memory` (opt-in: nothing calls it at import; `benchmarks/train_step_throughput.py --vs-torch`
+does, for both frameworks) keeps a process's large buffers in the process heap between steps. Every execution
 allocates its temporaries afresh (268 MB for the small-CNN SimCLR step at batch 256, 2.4 GB for CIFAR
 ResNet-18), and XLA's threads get them from glibc malloc's per-thread arenas, which serve anything that
 large with a fresh mmap and unmap it on free — so every step page-faults and zero-fills all of it again
@@ -20,7 +21,10 @@ trimmed only when more than 1 GiB is free at its top, a freed block is reused as
 backward at batch 512, 32x32x32 went from 166 to 42 ms and a 64 MiB elementwise op from ~70 to 13 ms
 (2-core AMD EPYC, glibc 2.36). Blocks over 1 GiB (ResNet-18's) are still given back and faulted in again,
 so the process holds at most ~1 GiB of freed memory beyond its live data (and whatever holes the heap
-keeps); all threads share one malloc arena. glibc only; applied at import, before JAX starts its threads;
+keeps); all threads share one malloc arena. Measured effect on csl_jax's own training steps: within noise
+(small-CNN SimCLR at batch 256: 346 vs 356 img/s; CIFAR ResNet-18: 12.3 vs 11.7 img/s), which is why the
+library leaves the user's malloc alone; PyTorch's eager CPU step gains far more (small CNN, 2 threads: 220 →
+340 img/s), so the benchmark sets it for a fair race. glibc only; call it before JAX starts its threads;
 skipped when the user set MALLOC_* or GLIBC_TUNABLES malloc settings, and disabled altogether by
 CSL_JAX_KEEP_MALLOC=1.
 """

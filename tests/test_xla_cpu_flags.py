@@ -1,4 +1,4 @@
-"""The XLA:CPU flag and malloc settings csl_jax applies at import: once, never over a user's choice."""
+"""The XLA:CPU flag csl_jax applies at import and the opt-in malloc setting: once, never over a user's choice."""
 import os
 import platform
 import subprocess
@@ -59,12 +59,13 @@ def test_malloc_settings_applied_once_requested_never_over_a_users_choice():
     assert not libc.calls
 
 
-def test_importing_csl_jax_first_stops_per_step_page_faults():
-  """In a fresh process on glibc: once the heap has grown to the steady state, an XLA computation with a
+def test_reusing_freed_host_memory_stops_per_step_page_faults():
+  """In a fresh process on glibc, with the setting applied before JAX starts: once the heap has grown to the steady state, an XLA computation with a
   64 MiB result runs without page faults (without the setting, every call faults in all 16,384 pages)."""
   if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
     pytest.skip("glibc malloc only")
   code = ("import resource, csl_jax, jax, jax.numpy as jnp\n"
+          "assert csl_jax.xla_cpu_flags.reuse_freed_host_memory()\n"
           "x = jnp.ones((1024, 128, 128)); f = jax.jit(lambda x: x * 2.0)\n"
           "faults = []\n"
           "for _ in range(20):\n"
