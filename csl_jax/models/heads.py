@@ -10,6 +10,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from csl_jax.models.batch_norm import BatchNorm
 from csl_jax.models.branch_norm import batch_norm
 
 
@@ -29,7 +30,7 @@ class ProjectionHead(nn.Module):
   @nn.compact
   def __call__(self, h, *, train: bool = True, adversarial: bool = False):
     h = nn.Dense(self.hidden_dim, use_bias=False, name="dense0")(h)
-    make_bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
+    make_bn = lambda name: BatchNorm(use_running_average=not train, momentum=0.9, name=name)
     h = batch_norm(self, make_bn, "bn0", h, dual=self.dual_bn, adversarial=adversarial)
     h = nn.relu(h)
     return nn.Dense(self.out_dim, name="dense1")(h)

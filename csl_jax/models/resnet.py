@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from csl_jax.models.batch_norm import BatchNorm
 from csl_jax.models.branch_norm import batch_norm
 
 # torchvision initialises convs with kaiming_normal_(mode="fan_out", nonlinearity="relu").
@@ -43,7 +44,7 @@ def _conv(features: int, kernel: int, strides: int, dtype: Any, name: str):
 
 def _batch_norm(train: bool, dtype: Any, name: str, zero_scale: bool = False):
   # Params and running statistics stay f32 (param_dtype); only the normalised output is `dtype`.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
                       scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones, name=name)
 
 

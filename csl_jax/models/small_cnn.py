@@ -4,6 +4,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from csl_jax.models.batch_norm import BatchNorm
 from csl_jax.models.branch_norm import batch_norm
 
 
@@ -39,7 +40,7 @@ class SmallCNN(nn.Module):
     x = x.astype(self.dtype)
     for i, width in enumerate(self.widths):
       x = nn.Conv(width, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype, name=f"conv{i}")(x)
-      make_bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=name)
+      make_bn = lambda name: BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=name)
       x = batch_norm(self, make_bn, f"bn{i}", x, dual=self.dual_bn, adversarial=adversarial)
       x = nn.relu(x)
       # No pooling after the last stage: tiny inputs (8x8 digits) keep a 2x2 map.

@@ -26,7 +26,8 @@ def _apply_updates(state, tx, grads, batch_stats):
 
 
 def contrastive_step(state, batch, key, *, model, tx, loss_fn, augment_fn, schedule_fn, lr_fn, inputs_fn=None):
-  """One contrastive pretraining step (SimCLR, SupCon, FNC, Adaptive FNC, IFND, ...).
+  """One contrastive pretraining step (SimCLR, SupCon, FNC, Adaptive FNC, IFND, ...): two views, then
+  `contrastive_update`.
 
   loss_fn(z1, z2, labels, **scheduled, **inputs) -> (loss, stats): a (sharded) loss from `csl_jax.losses`.
   schedule_fn(step) -> {loss keyword: f32[]}: the method's scheduled hyper-parameters (e.g. {"rho": ρ(step)}),
@@ -34,8 +35,14 @@ def contrastive_step(state, batch, key, *, model, tx, loss_fn, augment_fn, sched
   inputs_fn(state, batch) -> {loss keyword: per-image array}: extra loss inputs read from the method's state
   (e.g. IFND's pseudo-labels of the batch's examples); None for most methods. Not logged.
   """
-  step_key = jax.random.fold_in(key, state.step)
-  views = two_views(step_key, batch["image"], augment_fn)
+  views = two_views(jax.random.fold_in(key, state.step), batch["image"], augment_fn)
+  return contrastive_update(state, batch, views, model=model, tx=tx, loss_fn=loss_fn, schedule_fn=schedule_fn,
+                            lr_fn=lr_fn, inputs_fn=inputs_fn)
+
+
+def contrastive_update(state, batch, views, *, model, tx, loss_fn, schedule_fn, lr_fn, inputs_fn=None):
+  """The model half of `contrastive_step`: encoder + loss + optimiser on given views f32[2B, H, W, C]
+  (rows 2i, 2i+1 from image i, as `two_views` makes them). Both views go through the encoder as one batch."""
   scheduled = schedule_fn(state.step)
   inputs = {} if inputs_fn is None else inputs_fn(state, batch)
 

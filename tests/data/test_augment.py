@@ -242,3 +242,105 @@ def test_to_float_and_input_validation():
     np.testing.assert_allclose(up[k], _bilinear_reference(IMAGES[k] / 255.0, (0, 0, 12, 12), 24), atol=1e-5)
   with pytest.raises(TypeError, match="u8\\[B, H, W, C\\]"):
     augment.simclr(jax.random.key(0), IMAGES / 255.0, out_size=12)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The batched implementation against the per-example reference it replaced.
+
+
+@pytest.mark.parametrize("in_size,out_size", [(12, 12), (12, 7), (9, 20)])
+def test_resized_crop_equals_scale_and_translate(in_size, out_size):
+  # Upsampling, antialiased downsampling and plain resizing: the interpolation matrices reproduce
+  # jax.image.scale_and_translate(..., "linear", antialias=True) for the same boxes.
+  image = RNG.random((in_size, in_size, 3)).astype(np.float32)
+  u = jax.random.uniform(jax.random.key(8), (16, augment.CROP_UNIFORMS))
+  for y0, x0, h, w in zip(*map(np.asarray, augment.crop_box(u, in_size, in_size, (0.08, 1.0)))):
+    scale = jnp.array([out_size / h, out_size / w])
+    expected = jax.image.scale_and_translate(image, (out_size, out_size, 3), (0, 1), scale,
+                                             -jnp.array([y0, x0]) * scale, method="linear", antialias=True)
+    got = augment.resized_crop(image, (y0, x0, h, w), out_size)
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+
+
+def _reference_simclr(key, images, *, out_size, crop_scale=(0.08, 1.0), jitter_strength=0.5, jitter_prob=0.8,
+                      grayscale_prob=0.2, blur=False, blur_prob=0.5, flip=True):
+  """The per-example SimCLR recipe (vmapped over examples, one `lax.switch` per jitter slot), written with
+  the public per-image ops: the implementation `augment.simclr` replaced, reading the same uniforms."""
+  num_crop, num_jitter = augment.CROP_UNIFORMS, augment.JITTER_UNIFORMS
+  x = images.astype(np.float32) / 255.0
+
+  def one(u, image):
+    channels = image.shape[-1]
+    y0, x0, h, w = augment.crop_box(u[5:5 + num_crop], image.shape[0], image.shape[1], crop_scale)
+    scale = jnp.stack([out_size / h, out_size / w])
+    image = jax.image.scale_and_translate(image, (out_size, out_size, channels), (0, 1), scale,
+                                          -jnp.stack([y0, x0]) * scale, method="linear", antialias=True)
+    if flip:
+      image = augment.flip_if(u[0] < 0.5, image)
+    image = jnp.clip(image, 0.0, 1.0)
+    uj = u[5 + num_crop:5 + num_crop + num_jitter]
+    low, high = max(0.0, 1.0 - 0.8 * jitter_strength), 1.0 + 0.8 * jitter_strength
+    factors = low + (high - low) * uj[:3]
+    ops = [lambda im: augment.adjust_brightness(im, factors[0]), lambda im: augment.adjust_contrast(im, factors[1])]
+    if channels == 3:
+      ops += [lambda im: augment.adjust_saturation(im, factors[2]),
+              lambda im: augment.adjust_hue(im, 0.2 * jitter_strength * (2.0 * uj[3] - 1.0))]
+    order = jnp.argsort(uj[4:4 + len(ops)])
+    jittered = image
+    for position in range(len(ops)):
+      jittered = jnp.clip(jax.lax.switch(order[position], ops, jittered), 0.0, 1.0)
+    image = jnp.where(u[1] < jitter_prob, jittered, image)
+    if channels == 3:
+      image = jnp.where(u[2] < grayscale_prob, augment.to_grayscale(image), image)
+    if blur:
+      sigma = 0.1 + 1.9 * u[4]
+      image = jnp.where(u[3] < blur_prob, augment.gaussian_blur(image, sigma, 2 * (out_size // 10 // 2) + 1), image)
+    return jnp.clip(image, 0.0, 1.0)
+
+  u = jax.random.uniform(key, (len(images), 5 + num_crop + num_jitter))
+  return np.asarray(jax.jit(jax.vmap(one))(u, x))
+
+
+@pytest.mark.parametrize("images,kwargs", [
+    (RNG.integers(0, 256, (64, 12, 12, 3), dtype=np.uint8), dict(out_size=12)),
+    (RNG.integers(0, 256, (64, 12, 12, 3), dtype=np.uint8), dict(out_size=8, jitter_strength=1.0, blur=True)),
+    (RNG.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8), dict(out_size=20, crop_scale=(0.3, 1.0), flip=False,
+                                                                  jitter_prob=1.0, grayscale_prob=0.5)),
+    (GRAY_IMAGES, dict(out_size=10, jitter_prob=1.0))])
+def test_simclr_equals_the_per_example_reference(images, kwargs):
+  # Same key -> the same views as the per-example implementation, up to float rounding: the batched
+  # rewrite changed the speed, not the distribution.
+  for seed in range(2):
+    expected = _reference_simclr(jax.random.key(seed), images, **kwargs)
+    np.testing.assert_allclose(_simclr(jax.random.key(seed), images, **kwargs), expected, atol=2e-5)
+
+
+def _torchvision_crop_boxes(rng, n, height, width, scale, ratio=augment.CROP_RATIO):
+  """numpy transcription of torchvision's RandomResizedCrop.get_params (10 attempts, then the clamped centre)."""
+  boxes = []
+  for _ in range(n):
+    for _ in range(10):
+      area = height * width * rng.uniform(*scale)
+      aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+      w, h = np.sqrt(area * aspect), np.sqrt(area / aspect)
+      if w <= width and h <= height:
+        boxes.append((h, w))
+        break
+    else:
+      boxes.append((min(height, width / ratio[0]), min(width, height * ratio[1])))
+  return np.array(boxes)
+
+
+@pytest.mark.parametrize("height,width,scale", [(32, 32, (0.08, 1.0)), (24, 40, (0.2, 1.0))])
+def test_crop_area_and_aspect_follow_the_torchvision_distribution(height, width, scale):
+  n = 20000
+  u = jax.random.uniform(jax.random.key(9), (n, augment.CROP_UNIFORMS))
+  _, _, h, w = map(np.asarray, augment.crop_box(u, height, width, scale))
+  reference = _torchvision_crop_boxes(np.random.default_rng(9), n, height, width, scale)
+  ref_h, ref_w = reference[:, 0], reference[:, 1]
+  for got, expected in ((h * w, ref_h * ref_w), (np.log(w / h), np.log(ref_w / ref_h))):
+    # Two-sample Kolmogorov-Smirnov statistic (seeded, so deterministic); its 1% critical value at n = 20000 is 0.016.
+    grid = np.sort(np.concatenate([got, expected]))
+    cdf = lambda sample: np.searchsorted(np.sort(sample), grid, "right")
+    ks = np.max(np.abs(cdf(got) - cdf(expected)))
+    assert ks / n < 0.016
