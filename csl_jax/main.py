@@ -34,6 +34,10 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.multihost:
     jax.distributed.initialize()
+  from csl_jax import compilation_cache  # pylint: disable=g-import-not-at-top
+  cache = compilation_cache.enable()
+  if cache is not None:
+    logging.info("Compiled programs are cached in %s (CSL_JAX_COMPILATION_CACHE=0 turns this off).", cache)
   # tf.data / TFDS must not grab accelerator memory.
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top

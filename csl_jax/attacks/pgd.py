@@ -84,12 +84,30 @@ def default_step_size(eps, steps, norm):
   return L1_STEP_SCALE * eps if norm == "l1" else 2.5 * eps / steps
 
 
-@inference.jit_over_model(static_argnames=("norm", "steps", "random_start", "loss", "l1_sparsity"))
-def _pgd(logits_fn, x, y, key, eps, step_size, *, norm, steps, random_start, loss, l1_sparsity):
-  """-> (x_adv f32[B, ...], bool[]: every logit the attack computed was finite)."""
+def _step_toward(norm: str, l1_sparsity: float):
+  """x_adv, x, grad, eps, α -> Π(x_adv + α · s(∇)) for one norm (see the module docstring)."""
+  def update(x_adv, x, grad, eps, step_size):
+    direction = ascent_direction(grad, x_adv, x, norm, l1_sparsity)
+    return projections.project(x_adv + step_size * direction, x, eps, norm)
+  return update
+
+
+@inference.jit_over_model(static_argnames=("steps", "random_start", "loss", "l1_sparsity"))
+def _pgd(logits_fn, x, y, key, eps, step_size, norm_index, *, steps, random_start, loss, l1_sparsity):
+  """-> (x_adv f32[B, ...], bool[]: every logit the attack computed was finite).
+
+  The norm is a traced index into `projections.NORMS` (a `lax.switch` per step picks the update): PGD-ℓ∞,
+  ℓ2 and ℓ1 of one model share one compiled program, which matters where compilation, not the attack,
+  dominates (a CPU evaluating a small model: one ~4 s compile instead of three).
+  """
   value_and_grad = objectives.eot_value_and_grad(logits_fn, objectives.get_loss(loss))
   start_key, step_key = jax.random.split(key)
-  x_adv = projections.random_in_ball(start_key, x, eps, norm) if random_start else x
+  if random_start:
+    starts = [lambda k, x, eps, norm=norm: projections.random_in_ball(k, x, eps, norm) for norm in projections.NORMS]
+    x_adv = jax.lax.switch(norm_index, starts, start_key, x, eps)
+  else:
+    x_adv = x
+  updates = [_step_toward(norm, l1_sparsity) for norm in projections.NORMS]
 
   def step(t, carry):
     x_adv, x_fooled, fooled, finite = carry
@@ -97,8 +115,7 @@ def _pgd(logits_fn, x, y, key, eps, step_size, *, norm, steps, random_start, los
     # Remember the first iterate that fools the model; later steps may walk back across the boundary.
     wrong = ~objectives.is_correct(logits, y)
     x_fooled = jnp.where(projections.per_example(wrong & ~fooled, x), x_adv, x_fooled)
-    direction = ascent_direction(grad, x_adv, x, norm, l1_sparsity)
-    x_adv = projections.project(x_adv + step_size * direction, x, eps, norm)
+    x_adv = jax.lax.switch(norm_index, updates, x_adv, x, grad, eps, step_size)
     return x_adv, x_fooled, fooled | wrong, finite & validation.all_finite(logits)
 
   fooled = jnp.zeros(y.shape, bool)
@@ -145,7 +162,8 @@ def pgd(logits_fn, x, y, *, eps, norm="linf", steps=40, step_size=None, random_s
     raise ValueError(f"pgd: l1_sparsity is a fraction of coordinates in (0, 1], got {l1_sparsity}.")
   step_size = default_step_size(eps, steps, norm) if step_size is None else step_size
   key = jax.random.PRNGKey(0) if key is None else key
-  x_adv, finite = _pgd(logits_fn, x, y, key, eps, step_size, norm=norm, steps=steps,
+  x_adv, finite = _pgd(logits_fn, x, y, key, jnp.asarray(eps, jnp.float32), jnp.asarray(step_size, jnp.float32),
+                       jnp.int32(projections.NORMS.index(norm)), steps=steps,
                        random_start=bool(random_start), loss=loss, l1_sparsity=float(l1_sparsity))
   if validation.is_concrete(finite) and not bool(finite):
     # Only now pay for a clean forward pass, to say whether the clean inputs or the attack hit NaN/Inf.

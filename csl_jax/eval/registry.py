@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import pathlib
+import time
 from typing import Callable, Dict, List, Protocol
 
 import jax
@@ -144,7 +145,10 @@ def run_and_record(evaluator: Evaluator, classifier: Classifier, dataset, run_di
     return json.loads(path.read_text())
   if path.exists():
     logging.warning("%s: recomputing %s (%s).", run_dir.name, path.name, reason)
+  start = time.perf_counter()
   result = dict(evaluator.run(classifier, dataset, run_dir))
+  result["wall_seconds"] = time.perf_counter() - start
+  logging.info("%s: %s done in %.1fs.", run_dir.name, evaluator.name, result["wall_seconds"])
   result["provenance"] = expected
   write_json(path, result)
   return result

@@ -81,3 +81,23 @@ def test_plain_functions_still_work_and_a_tuple_output_is_selected():
   np.testing.assert_allclose(np.asarray(second), 2 * np.asarray(pair.apply(weights, jnp.ones((2, 4)))[0]), rtol=1e-6)
   plain = lambda x: MODEL.apply(WEIGHTS[0], x)
   assert inference.as_pytree(plain).func is plain and not jax.tree_util.tree_leaves(inference.as_pytree(plain))
+
+
+def test_pgd_norms_share_one_program_and_keep_their_own_threat_model():
+  """PGD-ℓ∞, ℓ2 and ℓ1 of one model are one compiled program (the norm is a traced switch index), yet each
+  result lies in its own ball and box — and the three differ."""
+  model = inference.bind(MODEL, WEIGHTS[0])
+  eps = {"linf": 0.05, "l2": 0.3, "l1": 1.0}
+  attacks.pgd(model, X, LABELS[0], eps=eps["linf"], norm="linf", steps=4)  # compiles
+  before = TRACES["count"]
+  results = {norm: np.asarray(attacks.pgd(model, X, LABELS[0], eps=eps[norm], norm=norm, steps=4))
+             for norm in ("l2", "l1", "linf")}
+  assert TRACES["count"] == before, "another norm traced the model again"
+  delta = {norm: (results[norm] - np.asarray(X)).reshape(X.shape[0], -1) for norm in results}
+  assert np.abs(delta["linf"]).max() <= eps["linf"] + 1e-6
+  assert np.linalg.norm(delta["l2"], axis=1).max() <= eps["l2"] + 1e-5
+  assert np.abs(delta["l1"]).sum(axis=1).max() <= eps["l1"] + 1e-4
+  for norm, x_adv in results.items():
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0, norm
+  # ℓ∞ steps move every coordinate, ℓ1 steps only a few: the branches really differ.
+  assert np.mean(delta["linf"] != 0) > 0.9 > np.mean(delta["l1"] != 0)
