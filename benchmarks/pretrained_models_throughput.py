@@ -165,13 +165,17 @@ def main():
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   args.device_name = (torch.cuda.get_device_name() if device.type == "cuda"
                       else f"CPU ({torch.get_num_threads()} threads)")
-  results = {arch: time_model(arch, args, device) for arch in models}
+  results = {}
+  for arch in models:  # Each model's row as soon as it is measured: a CPU run of all three takes over half an hour.
+    start = time.perf_counter()
+    results[arch] = time_model(arch, args, device)
+    print(f"{arch}: measured in {time.perf_counter() - start:.0f}s: {results[arch]}", flush=True)
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump({"platform": platform.machine(), "batch": args.batch, "repeats": args.repeats, "steps": args.steps,
+                   "timed_steps": args.timed_steps, "eps": args.eps, "jax_device": jax.devices()[0].device_kind,
+                   "torch_device": args.device_name, "results": results}, f, indent=2)
   print(markdown(results, args))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"platform": platform.machine(), "batch": args.batch, "repeats": args.repeats, "steps": args.steps, "timed_steps": args.timed_steps,
-                 "eps": args.eps, "jax_device": jax.devices()[0].device_kind, "torch_device": args.device_name,
-                 "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":
