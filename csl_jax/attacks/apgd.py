@@ -33,6 +33,7 @@ from csl_jax.attacks import objectives
 from csl_jax.models import inference
 from csl_jax.attacks import projections
 from csl_jax.attacks import validation
+from csl_jax import rng
 
 MOMENTUM = 0.75
 # Initial step size as a multiple of eps, per norm (reference: alpha).
@@ -47,12 +48,12 @@ def random_start(key, x, eps, norm):
   """Reference starting point: on the ℓ∞ / ℓ2 sphere of radius eps (then clipped), or for ℓ1 the
   ℓ1-ball-and-box projection of x + N(0, I)."""
   if norm == "linf":
-    direction = projections.normalize_direction(jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0), "linf")
+    direction = projections.normalize_direction(rng.uniform(key, x.shape, x.dtype, -1.0, 1.0), "linf")
     return jnp.clip(x + eps * direction, 0.0, 1.0)
   if norm == "l2":
-    direction = projections.normalize_direction(jax.random.normal(key, x.shape, x.dtype), "l2")
+    direction = projections.normalize_direction(rng.normal(key, x.shape, x.dtype), "l2")
     return jnp.clip(x + eps * direction, 0.0, 1.0)
-  return projections.project_l1(x + jax.random.normal(key, x.shape, x.dtype), x, eps)
+  return projections.project_l1(x + rng.normal(key, x.shape, x.dtype), x, eps)
 
 
 # State entries shared by the whole batch (everything else in an APGD state has one row per example).
@@ -71,18 +72,20 @@ def init_state(value_and_grad, x, y, y_target, key, eps, x_init=None, *, norm, n
   if norm == "l1":
     first_check = max(int(0.04 * n_iter), 1)
     sparsity = _l0(x_adv - x)
-    topk = jnp.full((batch,), 0.2) if x_init is None else sparsity / dim / 1.5
-    sp_old = jnp.full((batch,), float(dim)) if x_init is None else sparsity
+    topk = jnp.full((batch,), 0.2, jnp.float32) if x_init is None else sparsity / dim / 1.5
+    sp_old = jnp.full((batch,), float(dim), jnp.float32) if x_init is None else sparsity
   else:
     first_check = max(int(0.22 * n_iter), 1)
     topk = sp_old = jnp.zeros((batch,))
+  # Every entry has a fixed (not weak) dtype: a state cut down on the host (`_take_rows`) must present the same
+  # types to the compiled `_continue_run`, or each cut would compile it again.
   return dict(
       x=x, y=y, y_target=y_target, loop_key=loop_key,
       x_adv=x_adv, x_prev=x_adv, grad=grad, x_best=x_adv, grad_best=grad, loss_best=loss,
       x_best_adv=x_adv, fooled=~objectives.is_correct(logits, y),
       step=jnp.full((batch,), eta0, x.dtype), counter=jnp.int32(0), k=jnp.int32(first_check),
       # The reference compares the first loss of the first window with an unwritten (zero) slot.
-      loss_prev=jnp.full((batch,), jnp.inf if n_iter == 1 else 0.0), n_increase=jnp.zeros((batch,)),
+      loss_prev=jnp.full((batch,), jnp.inf if n_iter == 1 else 0.0, jnp.float32), n_increase=jnp.zeros((batch,)),
       loss_best_last=loss, reduced_last=jnp.ones((batch,), bool), topk=topk, sp_old=sp_old)
 
 
@@ -171,7 +174,7 @@ def larger_eps_run(value_and_grad, x, y, y_target, key, eps, *, norm, n_iter, os
   first = math.ceil(0.3 * n_iter)
   schedule = ((3.0, first), (2.0, first), (1.0, max(n_iter - 2 * first, 1)))
   init_key, key = jax.random.split(key)
-  x_init = projections.project_l1(x + jax.random.normal(init_key, x.shape, x.dtype), x, 3.0 * eps)
+  x_init = projections.project_l1(x + rng.normal(init_key, x.shape, x.dtype), x, 3.0 * eps)
   for stage, (scale, iters) in enumerate(schedule):
     x_init = projections.project_l1(x_init, x, scale * eps)
     x_init, fooled, loss, x_adv = single_run(value_and_grad, x, y, y_target, jax.random.fold_in(key, stage),
@@ -180,11 +183,13 @@ def larger_eps_run(value_and_grad, x, y, y_target, key, eps, *, norm, n_iter, os
 
 
 def _target(clean_logits, y, target_rank, targeted):
-  """y_target for a run: the class of clean-logit rank `target_rank` (1 = top) if targeted, else y."""
-  if not targeted:
+  """y_target for a run: the class of clean-logit rank `target_rank` (1 = top) if targeted, else y.
+
+  targeted: a Python bool, or a traced bool (one program for targeted and untargeted runs)."""
+  if isinstance(targeted, bool) and not targeted:
     return y
   ranking = jnp.argsort(clean_logits, axis=1)
-  return jnp.take(ranking, clean_logits.shape[1] - target_rank, axis=1)
+  return jnp.where(targeted, jnp.take(ranking, clean_logits.shape[1] - target_rank, axis=1), y)
 
 
 @inference.jit_over_model(static_argnames=(
@@ -221,21 +226,24 @@ def apgd_attack(logits_fn, x, y, key, eps, first_target_rank=2, *, norm, loss, n
   return jax.lax.fori_loop(0, attempts, attempt, (x, fooled))
 
 
-@inference.jit_over_model(static_argnames=("norm", "loss", "n_iter", "targeted"))
-def _start_run(logits_fn, x, y, key, eps, target_rank, *, norm, loss, n_iter, targeted):
+# The early-exit programs take the loss (an index into `objectives.LOSSES`) and `targeted` as traced values:
+# APGD-CE and APGD-T of one model then share their compiled programs at each batch size (AutoAttack's first
+# two stages; on the quickstart 7 APGD compilations became 4).
+@inference.jit_over_model(static_argnames=("norm", "n_iter"))
+def _start_run(logits_fn, x, y, key, eps, target_rank, loss_index, targeted, *, norm, n_iter):
   """State of the single run `apgd_attack` makes for (n_restarts=1, n_targets ≤ 1) — same keys — and the
   mask of clean-misclassified points."""
   clean_key, key = jax.random.split(key)
   clean_logits = objectives.with_key(logits_fn)(x, clean_key)
-  value_and_grad = objectives.eot_value_and_grad(logits_fn, objectives.get_loss(loss, clean_logits.shape[1]))
+  value_and_grad = objectives.eot_value_and_grad(logits_fn, objectives.switched_loss(loss_index))
   y_target = _target(clean_logits, y, target_rank, targeted)
   state = init_state(value_and_grad, x, y, y_target, jax.random.fold_in(key, 0), eps, norm=norm, n_iter=n_iter)
   return state, ~objectives.is_correct(clean_logits, y)
 
 
-@inference.jit_over_model(static_argnames=("norm", "loss", "n_iter", "oscillation"))
-def _continue_run(logits_fn, state, start, stop, eps, *, norm, loss, n_iter, oscillation):
-  value_and_grad = objectives.eot_value_and_grad(logits_fn, objectives.get_loss(loss))
+@inference.jit_over_model(static_argnames=("norm", "n_iter", "oscillation"))
+def _continue_run(logits_fn, state, start, stop, eps, loss_index, *, norm, n_iter, oscillation):
+  value_and_grad = objectives.eot_value_and_grad(logits_fn, objectives.switched_loss(loss_index))
   return iterate(value_and_grad, state, start, stop, eps, norm=norm, n_iter=n_iter, oscillation=oscillation)
 
 
@@ -272,8 +280,10 @@ def apgd_early_exit(logits_fn, x, y, key, eps, target_rank=2, *, norm, loss, tar
   if batch_rows is None:
     mesh = sharding.mesh if sharding is not None and "data" in sharding.mesh.shape else None
     batch_rows = lambda n: evaluate.bucket_size(n, x.shape[0], mesh)  # noqa: E731
-  options = dict(norm=norm, loss=loss, n_iter=int(n_iter))
-  state, wrong_clean = _start_run(logits_fn, x, y, key, eps, target_rank, targeted=bool(targeted), **options)
+  options = dict(norm=norm, n_iter=int(n_iter))
+  objectives.get_loss(loss, validation.logits_shape(logits_fn, x)[1])  # an unknown loss or too few classes raise
+  index = jnp.int32(objectives.loss_index(loss))
+  state, wrong_clean = _start_run(logits_fn, x, y, key, eps, target_rank, index, jnp.bool_(targeted), **options)
   wrong_clean = np.asarray(wrong_clean)
   x_clean = np.asarray(x, np.float32)
   x_adv = x_clean.copy()
@@ -286,7 +296,7 @@ def apgd_early_exit(logits_fn, x, y, key, eps, target_rank=2, *, norm, loss, tar
 
   for start in range(0, int(n_iter), int(chunk)):
     stop = min(start + int(chunk), int(n_iter))
-    state = _continue_run(logits_fn, state, start, stop, eps, oscillation=float(oscillation), **options)
+    state = _continue_run(logits_fn, state, start, stop, eps, index, oscillation=float(oscillation), **options)
     if log is not None:
       log.append((stop, len(origin)))
     row_fooled = np.array(state["fooled"])

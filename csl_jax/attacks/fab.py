@@ -27,6 +27,7 @@ from csl_jax.models import inference
 from csl_jax.attacks.conv_layout import canonical_conv_kernels
 from csl_jax.attacks import projections
 from csl_jax.attacks.validation import check_attack_inputs
+from csl_jax import rng
 
 FAB_NORMS = ("linf", "l2")
 
@@ -171,9 +172,9 @@ def _fab_run(logits_fn, shape, x0, x_start, y, target, *, norm, targeted, n_iter
 def _random_start(key, x0, eps, norm):
   """x + ½·eps·u/‖u‖_p clipped to the box: the reference's start for restarts after the first."""
   if norm == "linf":
-    u = jax.random.uniform(key, x0.shape, x0.dtype, -1.0, 1.0)
+    u = rng.uniform(key, x0.shape, x0.dtype, -1.0, 1.0)
   else:
-    u = jax.random.normal(key, x0.shape, x0.dtype)
+    u = rng.normal(key, x0.shape, x0.dtype)
   u = u / jnp.maximum(projections.lp_norm(u, norm), 1e-30)[:, None]
   return jnp.clip(x0 + 0.5 * eps * u, 0.0, 1.0)
 

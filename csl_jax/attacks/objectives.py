@@ -88,6 +88,27 @@ def get_loss(name: str, num_classes: Optional[int] = None):
   return loss
 
 
+def loss_index(name: str) -> int:
+  """Position of loss `name` in `LOSSES`: the traced argument of `switched_loss`."""
+  if name not in LOSSES:
+    raise ValueError(f"Unknown attack loss {name!r}; choose one of {sorted(LOSSES)}.")
+  return list(LOSSES).index(name)
+
+
+def switched_loss(index):
+  """loss(logits, y, y_target) -> f32[B] of the `LOSSES` entry at `index` (an int32 scalar, may be traced).
+
+  One compiled attack then serves every loss (APGD-CE and APGD-T share their programs: a `lax.switch` over
+  the loss head only, the model's forward and backward are traced once). A loss the model has too few classes
+  for is replaced by CE in the switch, so tracing never fails; callers validate the name with `get_loss`.
+  """
+  def loss(logits, y, y_target):
+    num_classes = logits.shape[1]
+    branches = [fn if num_classes >= min_classes else LOSSES["ce"][0] for fn, min_classes in LOSSES.values()]
+    return jax.lax.switch(index, branches, logits, y, y_target)
+  return loss
+
+
 def takes_key(logits_fn: Callable) -> bool:
   """True if `logits_fn` is a randomised model called as logits_fn(x, key=...) (e.g. a defence for EOT)."""
   try:

@@ -17,6 +17,8 @@ and return a point that lies in the ℓp ball of radius `eps` around x AND in th
 import jax
 import jax.numpy as jnp
 
+from csl_jax import rng
+
 NORMS = ("linf", "l2", "l1")
 
 # Guards divisions by a zero-norm perturbation (e.g. a zero gradient or δ = 0).
@@ -150,17 +152,17 @@ def random_in_ball(key, x, eps, norm: str):
   eps · U^(1/d), the radius law of a uniform point in a d-dimensional ball.
   """
   if norm == "linf":
-    delta = jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
+    delta = rng.uniform(key, x.shape, x.dtype, -eps, eps)
     return project_linf(x + delta, x, eps)
   dim = x[0].size
   k_dir, k_rad = jax.random.split(key)
   if norm == "l2":
-    direction = normalize_direction(jax.random.normal(k_dir, x.shape, x.dtype), "l2")
+    direction = normalize_direction(rng.normal(k_dir, x.shape, x.dtype), "l2")
   elif norm == "l1":
-    direction = normalize_direction(jax.random.laplace(k_dir, x.shape, x.dtype), "l1")
+    direction = normalize_direction(rng.laplace(k_dir, x.shape, x.dtype), "l1")
   else:
     raise ValueError(f"Unknown norm {norm!r}; expected one of {NORMS}.")
-  radius = eps * jax.random.uniform(k_rad, (x.shape[0],), x.dtype) ** (1.0 / dim)
+  radius = eps * rng.uniform(k_rad, (x.shape[0],), x.dtype) ** (1.0 / dim)
   return project(x + direction * per_example(radius, x), x, eps, norm)
 
 

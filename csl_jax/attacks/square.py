@@ -31,6 +31,7 @@ from csl_jax.attacks import objectives
 from csl_jax.models import inference
 from csl_jax.attacks import projections
 from csl_jax.attacks.validation import check_attack_inputs
+from csl_jax import rng
 
 SQUARE_NORMS = ("linf", "l2")
 _SPATIAL = (-3, -2)
@@ -165,11 +166,11 @@ def _random_init(key, x, eps, norm):
   height, width = x.shape[-3:-1]
   k_sign, k_flip = jax.random.split(key)
   if norm == "linf":
-    return linf_init(x, eps, _signs(jax.random.uniform(k_sign, x.shape[:-3] + (1,) + x.shape[-2:])))
+    return linf_init(x, eps, _signs(rng.uniform(k_sign, x.shape[:-3] + (1,) + x.shape[-2:])))
   side = max(height // 5, 1)
   tiles = (height // side, width // side)
-  tile_signs = _signs(jax.random.uniform(k_sign, _sign_shape(x, tiles)))
-  return l2_init(x, eps, tile_signs, jax.random.uniform(k_flip, tiles) > 0.5)
+  tile_signs = _signs(rng.uniform(k_sign, _sign_shape(x, tiles)))
+  return l2_init(x, eps, tile_signs, rng.uniform(k_flip, tiles) > 0.5)
 
 
 def linf_proposal(x, x_best, eps, side, corner, signs):
@@ -211,10 +212,10 @@ def _random_proposal(key, x, x_best, eps, side, norm):
   keep it cheap to compile (each threefry call adds XLA work)."""
   height, width = x.shape[-3:-1]
   if norm == "linf":
-    u = jax.random.uniform(key, (2 + x.shape[-1],))
+    u = rng.uniform(key, (2 + x.shape[-1],))
     return linf_proposal(x, x_best, eps, side, _corner(u[:2], height, width, side), _signs(u[2:]))
   sign_shape = _sign_shape(x)
-  u = jax.random.uniform(key, (5 + math.prod(sign_shape),))
+  u = rng.uniform(key, (5 + math.prod(sign_shape),))
   return l2_proposal(x, x_best, eps, side, _corner(u[:2], height, width, side),
                      _corner(u[2:4], height, width, side), u[4] > 0.5, jnp.reshape(_signs(u[5:]), sign_shape))
 

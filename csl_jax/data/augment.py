@@ -1,7 +1,7 @@
 """On-device data augmentation, pure JAX: call it inside the jitted train step on u8 batches.
 
 Every recipe takes a PRNG key and u8[B, H, W, C] images and returns f32[B, out, out, C] in [0, 1].
-All random choices of a batch come from one draw, `jax.random.uniform(key, (B, K))`: row b holds the
+All random choices of a batch come from one draw, `rng.uniform(key, (B, K))`: row b holds the
 K uniforms example b consumes (crop proposals, flip, jitter factors and order, ...). The same key always
 gives the same batch (resumed runs replay the same views when the step's key is
 `jax.random.fold_in(key, step)`), and a single draw keeps compile time low (every separate
@@ -32,6 +32,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from csl_jax import rng
 
 # ITU-R 601-2 luma weights, as in tf.image.rgb_to_grayscale.
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
@@ -319,7 +321,7 @@ def simclr(key, images, *, out_size: int, crop_scale=(0.08, 1.0), jitter_strengt
   """
   _check_u8(images)
   batch, height, width, channels = images.shape
-  u = jax.random.uniform(key, (batch, _SIMCLR_UNIFORMS))
+  u = rng.uniform(key, (batch, _SIMCLR_UNIFORMS))
   u_crop, u_jitter = u[:, 5:5 + CROP_UNIFORMS], u[:, 5 + CROP_UNIFORMS:]
   y0, x0, h, w = crop_box(u_crop, height, width, tuple(crop_scale))
   rows = interpolation_matrix(y0, h, height, out_size) / 255.0
@@ -356,5 +358,5 @@ def supervised(key, images, *, out_size: int, padding: int = 4, flip: bool = Tru
     image = jax.lax.dynamic_slice(padded, (dy, dx, 0), (height, width, channels))
     return flip_if(u[2] < 0.5, image) if flip else image
 
-  x = jax.vmap(one)(jax.random.uniform(key, (x.shape[0], 3)), x)
+  x = jax.vmap(one)(rng.uniform(key, (x.shape[0], 3)), x)
   return jnp.clip(_resize(x, out_size), 0.0, 1.0)

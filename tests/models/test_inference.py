@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from csl_jax import attacks
-from csl_jax.attacks.apgd import apgd_attack
+from csl_jax.attacks.apgd import apgd_attack, apgd_early_exit
 from csl_jax.eval import batches
 from csl_jax.models import inference
 
@@ -101,3 +101,21 @@ def test_pgd_norms_share_one_program_and_keep_their_own_threat_model():
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0, norm
   # ℓ∞ steps move every coordinate, ℓ1 steps only a few: the branches really differ.
   assert np.mean(delta["linf"] != 0) > 0.9 > np.mean(delta["l1"] != 0)
+
+
+def test_apgd_ce_and_apgd_t_share_their_programs_and_keep_their_own_loss():
+  """AutoAttack's APGD-CE and APGD-T stages (`apgd_early_exit`) are one compiled program per batch size (loss and
+  targeting are traced), yet each still runs its own loss: the targeted run equals apgd_attack's targeted run."""
+  model = inference.bind(MODEL, WEIGHTS[0])
+  key, eps = jax.random.PRNGKey(5), 0.05
+  run = functools.partial(apgd_early_exit, model, X, LABELS[0], key, eps, norm="linf", n_iter=10, chunk=10)
+  run(2, loss="ce", targeted=False)  # compiles
+  before = TRACES["count"]
+  adv_t, fooled_t = run(3, loss="dlr-targeted", targeted=True)
+  assert TRACES["count"] == before, "APGD-T traced the model again after APGD-CE"
+  reference, fooled_ref = apgd_attack(model, X, LABELS[0], key, eps, 3, norm="linf", loss="dlr-targeted", n_iter=10,
+                                      n_restarts=1, n_targets=1)
+  np.testing.assert_array_equal(fooled_t, np.asarray(fooled_ref))
+  np.testing.assert_allclose(np.asarray(adv_t), np.asarray(reference), atol=1e-6)
+  adv_ce, _ = run(3, loss="ce", targeted=False)
+  assert not np.allclose(np.asarray(adv_ce), np.asarray(adv_t)), "the CE and targeted DLR runs gave the same points"
