@@ -38,12 +38,7 @@ def main(argv):
   cache = compilation_cache.enable()
   if cache is not None:
     logging.info("Compiled programs are cached in %s (CSL_JAX_COMPILATION_CACHE=0 turns this off).", cache)
-  # tf.data / TFDS must not grab accelerator memory.
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], "GPU")
-  except ImportError:
-    pass
+  # TensorFlow is imported only by the TFDS sources (`data.tfds_source`), which keep it off the accelerators.
   from csl_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from csl_jax import pipeline  # pylint: disable=g-import-not-at-top
   logging.info("JAX %s, %d processes, devices: %s", jax.__version__, jax.process_count(), jax.devices())

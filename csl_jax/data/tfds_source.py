@@ -26,7 +26,8 @@ IN_MEMORY_LIMIT_BYTES = 4 << 30
 
 
 @functools.lru_cache(maxsize=1)
-def _import_tfds():
+def import_tfds():
+  """(tensorflow, tensorflow_datasets), imported on first use (seconds) with TensorFlow kept off the GPUs."""
   import tensorflow as tf
   # tf.data runs on the host; keep TensorFlow off the accelerators so JAX owns their memory.
   try:
@@ -50,7 +51,7 @@ def prepare_instructions(name: str, data_dir: str | None, builder=None) -> str:
 
 
 def _prepared_builder(name: str, data_dir: str | None):
-  _, tfds = _import_tfds()
+  _, tfds = import_tfds()
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.DatasetNotFoundError:
@@ -65,7 +66,7 @@ def _prepared_builder(name: str, data_dir: str | None):
 
 def _feature_keys(builder, name: str) -> tuple:
   """(image key, label key): "image"/"label" when present, else the first Image / ClassLabel feature."""
-  _, tfds = _import_tfds()
+  _, tfds = import_tfds()
   features = builder.info.features
   images = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
   labels = [k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)]
@@ -111,7 +112,7 @@ def load(name: str, split: str, *, data_dir: str | None = None, image_size: int 
 
 
 def _load_in_memory(builder, split, image_key, label_key, class_names, image_size, resize_size, name):
-  _, tfds = _import_tfds()
+  _, tfds = import_tfds()
   data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
   images = np.asarray(data[image_key], np.uint8)
   if image_size is not None:
@@ -123,7 +124,7 @@ def _load_in_memory(builder, split, image_key, label_key, class_names, image_siz
 def _fit_image_tf(image, size: int, resize_size: int | None = None):
   """tf u8[h, w, C] -> u8[size, size, C]: shorter side to `resize_size` (default size; bilinear, antialiased),
   center crop; the sizes and crop offsets of `dataset.fit_image` (torchvision's Resize + CenterCrop)."""
-  tf, _ = _import_tfds()
+  tf, _ = import_tfds()
   resize_size = resize_size or size
   hw = tf.cast(tf.shape(image)[:2], tf.float32)
   new_hw = tf.maximum(tf.cast(tf.floor(hw * resize_size / tf.reduce_min(hw)), tf.int32), resize_size)
@@ -181,7 +182,7 @@ class StreamingDataset:
               drop_remainder: bool = True, process_index: int | None = None,
               process_count: int | None = None) -> Iterator[dataset.Batch]:
     """As `ArrayDataset.batches`: endless seeded epochs when shuffle, else one pass in stored order."""
-    _, tfds = _import_tfds()
+    _, tfds = import_tfds()
     process_index, process_count = dataset.resolve_processes(process_index, process_count)
     dataset.check_batch_size(global_batch_size, process_count)
     local_batch = global_batch_size // process_count
@@ -207,7 +208,7 @@ class StreamingDataset:
       epoch, skip = epoch + 1, 0
 
   def _epoch_pipeline(self, host_split, local_batch, seed, epoch, skip_batches, shuffle, drop_remainder):
-    tf, tfds = _import_tfds()
+    tf, tfds = import_tfds()
     epoch_seed = int(np.random.default_rng([seed, epoch]).integers(2**31 - 1))
     options = tf.data.Options()
     options.deterministic = True  # Resumption replays the same order only if tf.data keeps it.
@@ -223,7 +224,7 @@ class StreamingDataset:
     return data.batch(local_batch, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
   def _decode(self, encoded, label):
-    tf, _ = _import_tfds()
+    tf, _ = import_tfds()
     image = tf.io.decode_image(encoded, channels=self.image_shape[-1], expand_animations=False)
     if self.resize:
       image = _fit_image_tf(image, self.image_shape[0], self.resize_size)

@@ -43,7 +43,8 @@ def load_tfds_corrupted(corruption: str, severity: int, *, name: str = "cifar10_
   Raises:
     FileNotFoundError: the dataset is not prepared under `data_dir`, with the command that prepares it.
   """
-  import tensorflow_datasets as tfds  # Lazy: importing TensorFlow takes seconds.
+  from csl_jax.data import tfds_source  # noqa: PLC0415 (lazy: importing TensorFlow takes seconds)
+  _, tfds = tfds_source.import_tfds()
   full_name = f"{name}/{tfds_config_name(corruption, severity)}"
   builder = tfds.builder(full_name, data_dir=data_dir)
   try:

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import metric_writers, parameter_overview, periodic_actions
+from clu import parameter_overview
 
-from csl_jax.train import checkpoint, optim, sharding
+from csl_jax.train import checkpoint, metric_writer, optim, progress, sharding
 from csl_jax.train.state import create_train_state
 
 
@@ -127,8 +127,9 @@ def pretrain(config, method, run_dir, train_ds, *, mean, std, mesh=None,
 
   train_step = make_train_step(method, config, model, tx, lr_fn, mesh, image_size, total_steps)
   step_key = sharding.replicate(step_key, mesh)
-  writer = metric_writers.create_default_writer(str(run_dir / "tensorboard"), just_logging=jax.process_index() > 0)
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer, every_secs=30.0)
+  writer = metric_writer.MetricWriter(str(run_dir / "tensorboard") if jax.process_index() == 0 else None,
+                                      prefix=f"{run_dir.name} ")
+  report = progress.StepProgress(run_dir.name, total_steps, writer=writer, every_secs=30.0)
   batches = train_ds.batches(config.pretrain.batch_size, seed=config.seed, start_step=start_step)
   metrics_path = run_dir / "pretrain_metrics.jsonl"
   if jax.process_index() == 0:
@@ -164,6 +165,6 @@ def pretrain(config, method, run_dir, train_ds, *, mean, std, mesh=None,
         last_saved = step
     if on_step is not None:
       on_step(step)
-  writer.flush()
+  writer.close()
   logging.info("%s: pretraining done in %.1fs.", run_dir.name, time.time() - t0)
   return Pretrained(model, variables(state), total_steps, has_classifier=method.trains_classifier)
