@@ -4,6 +4,7 @@
 `GeometryEvaluator` (the pipeline's evaluator) extracts them — one plain view and one SimCLR-augmented view
 per image, for alignment — through `eval.batches`, from in-memory or streamed splits alike.
 """
+import functools
 import json
 import math
 import pathlib
@@ -109,6 +110,18 @@ def second_view(augment, key, images):
   return augment(key, images)
 
 
+@functools.lru_cache(maxsize=None)
+def _view_features_kernel():
+  """features(second_view(augment, key, images)), jitted over the model (`inference.jit_over_model`) with the
+  augmentation as a static (function, settings) pair: the runs of a study share one compiled program."""
+  from csl_jax.models import inference  # Lazy, as in GeometryEvaluator.run.
+
+  @functools.partial(inference.jit_over_model, static_argnames=("augment_fn", "augment_kwargs"))
+  def kernel(features_fn, images, key, *, augment_fn, augment_kwargs):
+    return features_fn(second_view(functools.partial(augment_fn, **dict(augment_kwargs)), key, images))
+  return kernel
+
+
 class GeometryEvaluator:
   """geometry.json (+ class_distances.png, tsne.png): inter/intra-class distance ratio (paper Fig. 2),
   alignment and uniformity of the encoder's test features (images or clips)."""
@@ -133,7 +146,9 @@ class GeometryEvaluator:
     view_key = jax.random.PRNGKey(c.seed + 1)
     feats, labels = batches.map_batches(lambda b: batches.apply_to_uint8(classifier.features, b.images), dataset, c.eval_batch_size, mesh=self.mesh,
                                         num_examples=c.geometry.num_examples, desc="geometry features")
-    view = jax.jit(lambda images, key: classifier.features(second_view(augment, key, images)))
+    kernel, settings = _view_features_kernel(), tuple(sorted(augment.keywords.items()))
+    view = lambda images, key: kernel(classifier.features, images, key, augment_fn=augment.func,  # noqa: E731
+                                      augment_kwargs=settings)
     view2, _ = batches.map_batches(lambda b: view(b.images, jax.random.fold_in(view_key, b.index)), dataset,
                                    c.eval_batch_size, mesh=self.mesh, num_examples=c.geometry.num_examples,
                                    desc="geometry second view")

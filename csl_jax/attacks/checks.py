@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from csl_jax.attacks import objectives
+from csl_jax.models import inference
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +66,18 @@ def check_probabilities(logits: np.ndarray, *, tolerance: float = 1e-5) -> List[
   return []
 
 
-def zero_gradient_count(logits_fn: Callable, x, y) -> int:
-  """Number of points whose cross-entropy gradient with respect to the input is exactly zero."""
+@inference.jit_over_model
+def _zero_gradient_rows(logits_fn, x, y):
+  """bool[B]: rows of x whose cross-entropy input gradient is exactly zero (one program per architecture)."""
   loss = lambda images: jnp.sum(objectives.cross_entropy(objectives.with_key(logits_fn)(images, jax.random.PRNGKey(0)),
                                                          y))
-  grads = jax.jit(jax.grad(loss))(jnp.asarray(x, jnp.float32))
-  return int(jnp.sum(jnp.sum(jnp.abs(grads.reshape(grads.shape[0], -1)), axis=-1) == 0))
+  grads = jax.grad(loss)(x)
+  return jnp.sum(jnp.abs(grads.reshape(grads.shape[0], -1)), axis=-1) == 0
+
+
+def zero_gradient_count(logits_fn: Callable, x, y) -> int:
+  """Number of points whose cross-entropy gradient with respect to the input is exactly zero."""
+  return int(jnp.sum(_zero_gradient_rows(logits_fn, jnp.asarray(x, jnp.float32), jnp.asarray(y))))
 
 
 def check_zero_gradients(logits_fn: Callable, x, y) -> List[Flag]:
