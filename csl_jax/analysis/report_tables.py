@@ -365,10 +365,12 @@ def key_comparisons(groups: Sequence[SeedGroup]) -> list:
   encoder (run.json), one per attack both groups have a P_drop for; ordered by KEY_COMPARISONS, groups, columns."""
   stats = [group_statistics(group) for group in groups]
   entries = _attack_entries(groups)
-  comparisons = []
+  comparisons, by_method = [], {}
+  for group, group_stats in zip(groups, stats):
+    by_method.setdefault(group.method, []).append((group, group_stats))
   for method, other in KEY_COMPARISONS:
-    for a, stats_a in ((g, s) for g, s in zip(groups, stats) if g.method == method):
-      for b, stats_b in ((g, s) for g, s in zip(groups, stats) if g.method == other and _same_data(a, g)):
+    for a, stats_a in by_method.get(method, []):
+      for b, stats_b in ((g, s) for g, s in by_method.get(other, []) if _same_data(a, g)):
         keys = {m[1] for m, spread in stats_a.items() if isinstance(m, tuple) and m[0] == "drop" and spread.n
                 and stats_b.get(m) is not None and stats_b[m].n}
         comparisons += [Comparison(a, b, attack_label(key, entries[key]), stats_a[("drop", key)],

@@ -179,12 +179,14 @@ def base_pairs(runs: Sequence[Run]) -> tuple:
   method, then the first path; a note says which was used. No candidate: a note, no pair."""
   from csl_jax import methods  # Lazy: the registry imports JAX, which nothing else in the report needs.
   labels = label_runs(runs)
-  pairs, notes = [], []
+  pairs, notes, by_method = [], [], {}
+  for run in runs:
+    by_method.setdefault(run.method, []).append(run)
   for run in runs:
     entry = methods.REGISTRY.get(run.method)
     if entry is None or entry.base is None:
       continue
-    candidates = sorted((r for r in runs if r.method == entry.base),
+    candidates = sorted(by_method.get(entry.base, []),
                         key=lambda r: (r.path.parent != run.path.parent, r.name != entry.base, str(r.path)))
     if not candidates:
       notes.append(f"{labels[run.path]} ({run.title}): no {entry.base} run to compare it with.")
