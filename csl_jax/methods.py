@@ -60,8 +60,8 @@ class Contrastive(NoMethodState):
 
   @staticmethod
   def train_step(method, config, model, tx, lr_fn, mesh, image_size: int, total_steps: int):
-    """`contrastive_step` as two pure programs (`step.TwoProgramStep`): the views, then the model update with the
-    loss over the mesh's global batch."""
+    """The pure step as a `step.TwoProgramStep`: the two views, then the model update with the loss over the
+    mesh's global batch."""
     return step_lib.TwoProgramStep(
         views=functools.partial(step_lib.views_at_step, augment_fn=method.augment(config, image_size)),
         update=functools.partial(step_lib.contrastive_update, model=model, tx=tx, loss_fn=method.loss_fn(config, mesh),

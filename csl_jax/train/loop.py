@@ -55,13 +55,10 @@ def make_train_step(method, config, model, tx, lr_fn, mesh, image_size: int, tot
   repl, batch_sharding = sharding.replicated(mesh), sharding.data_sharding(mesh)
   if not isinstance(fn, step_lib.TwoProgramStep):
     return jax.jit(fn, in_shardings=(repl, batch_sharding, repl), out_shardings=(repl, repl), donate_argnums=(0,))
-  views = jax.jit(fn.views, in_shardings=(repl, repl, batch_sharding), out_shardings=batch_sharding)
-  update = jax.jit(fn.update, in_shardings=(repl, batch_sharding, batch_sharding), out_shardings=(repl, repl),
-                   donate_argnums=(0,))
-
-  def step(state, batch, key):
-    return update(state, batch, views(key, state.step, batch["image"]))
-  return step
+  return step_lib.TwoProgramStep(
+      views=jax.jit(fn.views, in_shardings=(repl, repl, batch_sharding), out_shardings=batch_sharding),
+      update=jax.jit(fn.update, in_shardings=(repl, batch_sharding, batch_sharding), out_shardings=(repl, repl),
+                     donate_argnums=(0,)))
 
 
 def summarise(metric_sums, count: int) -> dict:

@@ -34,7 +34,6 @@ class StepProgress:
     self._writer, self._clock = writer, clock
     self._first: Optional[tuple] = None  # (step, time) when the first step of this process finished
     self._last_report = None
-    self.lines = []  # the progress lines logged so far
 
   def __call__(self, step: int):
     now = self._clock()
@@ -50,7 +49,6 @@ class StepProgress:
     line = (f"{self.name}: step {step}/{self.total_steps} ({100.0 * step / self.total_steps:.1f}%), "
             f"{rate:.3g} steps/s, ETA {format_duration(eta) if eta != float('inf') else '?'}")
     logging.info(line)
-    self.lines.append(line)
     if self._writer is not None:
       self._writer.write_scalars(step, {"steps_per_sec": rate})
     self._last_report = (step, now)
