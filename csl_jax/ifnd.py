@@ -28,9 +28,6 @@ ranked per level, the acceptance rate linear in the training step from `acceptan
 (seeded by the run's seed and the step; uniformly drawn ones merged planted clusters, see
 `clustering.initial_centroids`), and a false negative = same accepted label at any level.
 """
-import dataclasses
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,7 +128,7 @@ class IFND(methods.Contrastive):
   @staticmethod
   def train_step(method, config, model, tx, lr_fn, mesh, image_size: int, total_steps: int):
     step = methods.Contrastive.train_step(method, config, model, tx, lr_fn, mesh, image_size, total_steps)
-    return dataclasses.replace(step, update=functools.partial(step.update, inputs_fn=batch_pseudo_labels))
+    return lambda state, batch, key: step(state, batch, key, inputs_fn=batch_pseudo_labels)
 
 
 def batch_pseudo_labels(state, batch) -> dict:

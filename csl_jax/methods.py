@@ -60,12 +60,10 @@ class Contrastive(NoMethodState):
 
   @staticmethod
   def train_step(method, config, model, tx, lr_fn, mesh, image_size: int, total_steps: int):
-    """The pure step as a `step.TwoProgramStep`: the two views, then the model update with the loss over the
-    mesh's global batch."""
-    return step_lib.TwoProgramStep(
-        views=functools.partial(step_lib.views_at_step, augment_fn=method.augment(config, image_size)),
-        update=functools.partial(step_lib.contrastive_update, model=model, tx=tx, loss_fn=method.loss_fn(config, mesh),
-                                 schedule_fn=method.schedule_fn(config, total_steps), lr_fn=lr_fn))
+    """The pure step (state, batch, key) -> (state, metrics) with the loss over the mesh's global batch."""
+    return functools.partial(step_lib.contrastive_step, model=model, tx=tx, loss_fn=method.loss_fn(config, mesh),
+                             augment_fn=method.augment(config, image_size),
+                             schedule_fn=method.schedule_fn(config, total_steps), lr_fn=lr_fn)
 
   @staticmethod
   def features(model, variables) -> Callable:

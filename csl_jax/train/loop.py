@@ -19,7 +19,6 @@ from absl import logging
 from clu import parameter_overview
 
 from csl_jax.train import checkpoint, metric_writer, optim, progress, sharding
-from csl_jax.train import step as step_lib
 from csl_jax.train.state import create_train_state
 
 
@@ -49,16 +48,10 @@ def training_length(config, num_examples: int):
 
 
 def make_train_step(method, config, model, tx, lr_fn, mesh, image_size: int, total_steps: int):
-  """The registry method's pure step as step(state, batch, key) -> (state, metrics): jitted with the batch sharded
-  over the mesh and the state donated; a `step.TwoProgramStep` becomes its two jitted programs called in turn."""
+  """The registry method's pure step, jitted with the batch sharded over the mesh and the state donated."""
   fn = method.family.train_step(method, config, model, tx, lr_fn, mesh, image_size, total_steps)
   repl, batch_sharding = sharding.replicated(mesh), sharding.data_sharding(mesh)
-  if not isinstance(fn, step_lib.TwoProgramStep):
-    return jax.jit(fn, in_shardings=(repl, batch_sharding, repl), out_shardings=(repl, repl), donate_argnums=(0,))
-  return step_lib.TwoProgramStep(
-      views=jax.jit(fn.views, in_shardings=(repl, repl, batch_sharding), out_shardings=batch_sharding),
-      update=jax.jit(fn.update, in_shardings=(repl, batch_sharding, batch_sharding), out_shardings=(repl, repl),
-                     donate_argnums=(0,)))
+  return jax.jit(fn, in_shardings=(repl, batch_sharding, repl), out_shardings=(repl, repl), donate_argnums=(0,))
 
 
 def summarise(metric_sums, count: int) -> dict:

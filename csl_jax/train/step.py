@@ -5,9 +5,6 @@ Both views of an example are interleaved as rows (2i, 2i+1) before the encoder: 
 sharded batch axis with the view axis keeps every device's rows local (no resharding), and
 BatchNorm sees both views, as in SimCLR.
 """
-import dataclasses
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -22,38 +19,15 @@ def two_views(key, images, augment_fn):
   return views.reshape((-1,) + views.shape[2:])
 
 
-def views_at_step(key, step, images, *, augment_fn):
-  """The two views of train step `step` (key folded with the step, so a resumed run replays them)."""
-  return two_views(jax.random.fold_in(key, step), images, augment_fn)
-
-
-@dataclasses.dataclass(frozen=True)
-class TwoProgramStep:
-  """A contrastive step in two parts: views(key, step, images) -> views, then update(state, batch, views).
-
-  Called, it is the whole step (state, batch, key) -> (state, metrics). `loop.make_train_step` jits the two parts
-  separately: the augmentation program depends only on the augmentation settings and the batch shape, so every
-  contrastive method of a study (SimCLR, SupCon, FNC, Adaptive FNC, IFND) reuses one compiled augmentation (from
-  the persistent compilation cache) and compiles only its update — on the quickstart ~1.2 s less compilation per
-  method after the first.
-  """
-  views: Callable
-  update: Callable
-
-  def __call__(self, state, batch, key):
-    return self.update(state, batch, self.views(key, state.step, batch["image"]))
-
-
 def _apply_updates(state, tx, grads, batch_stats):
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                        opt_state=opt_state, batch_stats=batch_stats)
 
 
-def contrastive_update(state, batch, views, *, model, tx, loss_fn, schedule_fn, lr_fn, inputs_fn=None):
-  """The model half of a contrastive pretraining step (SimCLR, SupCon, FNC, Adaptive FNC, IFND, ...): encoder +
-  loss + optimiser on given views f32[2B, H, W, C] (rows 2i, 2i+1 from image i, as `two_views` makes them). Both
-  views go through the encoder as one batch.
+def contrastive_step(state, batch, key, *, model, tx, loss_fn, augment_fn, schedule_fn, lr_fn, inputs_fn=None):
+  """One contrastive pretraining step (SimCLR, SupCon, FNC, Adaptive FNC, IFND, ...): two views, then
+  `contrastive_update`.
 
   loss_fn(z1, z2, labels, **scheduled, **inputs) -> (loss, stats): a (sharded) loss from `csl_jax.losses`.
   schedule_fn(step) -> {loss keyword: f32[]}: the method's scheduled hyper-parameters (e.g. {"rho": ρ(step)}),
@@ -61,6 +35,14 @@ def contrastive_update(state, batch, views, *, model, tx, loss_fn, schedule_fn, 
   inputs_fn(state, batch) -> {loss keyword: per-image array}: extra loss inputs read from the method's state
   (e.g. IFND's pseudo-labels of the batch's examples); None for most methods. Not logged.
   """
+  views = two_views(jax.random.fold_in(key, state.step), batch["image"], augment_fn)
+  return contrastive_update(state, batch, views, model=model, tx=tx, loss_fn=loss_fn, schedule_fn=schedule_fn,
+                            lr_fn=lr_fn, inputs_fn=inputs_fn)
+
+
+def contrastive_update(state, batch, views, *, model, tx, loss_fn, schedule_fn, lr_fn, inputs_fn=None):
+  """The model half of `contrastive_step`: encoder + loss + optimiser on given views f32[2B, H, W, C]
+  (rows 2i, 2i+1 from image i, as `two_views` makes them). Both views go through the encoder as one batch."""
   scheduled = schedule_fn(state.step)
   inputs = {} if inputs_fn is None else inputs_fn(state, batch)
 
