@@ -9,11 +9,13 @@ block with a 1x1x1/2 conv + BN shortcut), global average pool -> 512 features.
 
 Input: clips f32[B, T, H, W, 3] (NTHWC), already normalised; 16 x 112 x 112 in the releases.
 BatchNorm: torch defaults (momentum 0.1 == flax 0.9, eps 1e-5), running statistics when train=False.
-Padding is explicit, as in `resnet.py`, so strided convs pad symmetrically like torch.
+Padding is explicit, as in `resnet.py`, so strided convs pad symmetrically like torch. The factorised convs
+run as 2-D convolutions over reshaped clips (`conv3d`).
 """
 from typing import Any
 
 import flax.linen as nn
+from jax import lax
 import jax.numpy as jnp
 
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -35,10 +37,49 @@ def midplanes(in_channels: int, out_channels: int) -> int:
   return (in_channels * out_channels * 3 * 3 * 3) // (in_channels * 3 * 3 + 3 * out_channels)
 
 
+def conv3d(x, kernel, strides):
+  """A 3-D convolution [B, T, H, W, Cin] * [kt, kh, kw, Cin, Cout] with symmetric (k - 1) // 2 padding.
+
+  R(2+1)D's convolutions are all 1 x kh x kw (spatial) or kt x 1 x 1 (temporal), and those are 2-D
+  convolutions over reshaped clips: frames folded into the batch, or space folded into one axis. XLA:CPU runs
+  them ~1.5-3x faster that way than as 3-D convolutions (jaxlib 0.10.2, layer-1 shapes at batch 2: spatial
+  forward 230 -> 118 ms, input gradient 552 -> 229 ms; temporal 122 -> 38 ms and 228 -> 96 ms), with the
+  same result. Other kernel shapes run as a 3-D convolution.
+  """
+  (kt, kh, kw), (st, sh, sw) = kernel.shape[:3], strides
+  pad = lambda k: ((k - 1) // 2, (k - 1) // 2)
+  numbers = ("NHWC", "HWIO", "NHWC")
+  if kt == 1:  # spatial: frames (every st-th, as a stride-st conv without temporal padding keeps) as images
+    x = x[:, ::st]
+    batch, frames, height, width, channels = x.shape
+    y = lax.conv_general_dilated(jnp.reshape(x, (batch * frames, height, width, channels)), kernel[0],
+                                 (sh, sw), (pad(kh), pad(kw)), dimension_numbers=numbers)
+    return jnp.reshape(y, (batch, frames) + y.shape[1:])
+  if kh == kw == 1:  # temporal: each clip an image of T x (H·W) pixels
+    x = x[:, :, ::sh, ::sw]
+    batch, frames, height, width, channels = x.shape
+    y = lax.conv_general_dilated(jnp.reshape(x, (batch, frames, height * width, channels)), kernel[:, 0],
+                                 (st, 1), (pad(kt), (0, 0)), dimension_numbers=numbers)
+    return jnp.reshape(y, (batch, y.shape[1], height, width, y.shape[-1]))
+  return lax.conv_general_dilated(x, kernel, strides, (pad(kt), pad(kh), pad(kw)),
+                                  dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+
+
+class _Conv(nn.Module):
+  """A bias-free 3-D conv with `nn.Conv`'s parameter (`kernel`, [kt, kh, kw, Cin, Cout]), run by `conv3d`."""
+  features: int
+  kernel_size: tuple
+  strides: tuple
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", _conv_init, tuple(self.kernel_size) + (x.shape[-1], self.features))
+    return conv3d(x.astype(self.dtype), kernel.astype(self.dtype), tuple(self.strides))
+
+
 def _conv(features, kernel, strides, dtype, name):
-  padding = tuple(((k - 1) // 2, (k - 1) // 2) for k in kernel)
-  return nn.Conv(features, kernel, strides=strides, padding=padding, use_bias=False, dtype=dtype,
-                 kernel_init=_conv_init, name=name)
+  return _Conv(features, kernel, strides, dtype, name=name)
 
 
 def _bn(train, dtype, name):

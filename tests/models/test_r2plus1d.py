@@ -88,3 +88,24 @@ def test_layout_matches_torchvision(twin):
   flax_count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
   assert flax_count + 512 * 400 + 400 == 31_505_325
   assert twin.state_dict()["layer1.0.conv1.0.0.weight"].shape == (144, 64, 1, 3, 3)
+
+
+@pytest.mark.parametrize("kernel, strides", [
+    ((1, 3, 3), (1, 1, 1)), ((1, 3, 3), (1, 2, 2)), ((1, 7, 7), (1, 2, 2)), ((1, 3, 3), (2, 2, 2)),
+    ((3, 1, 1), (1, 1, 1)), ((3, 1, 1), (2, 1, 1)), ((1, 1, 1), (2, 2, 2)), ((3, 1, 1), (2, 2, 2)),
+    ((3, 3, 3), (2, 1, 2))])
+def test_conv3d_equals_a_3d_convolution(kernel, strides):
+  """The reshaped 2-D forms give lax's 3-D convolution (values, input and kernel gradients), odd sizes included."""
+  kx, kk, kg = jax.random.split(jax.random.PRNGKey(sum(kernel) + 10 * sum(strides)), 3)
+  x = jax.random.normal(kx, (2, 5, 9, 7, 3))
+  w = jax.random.normal(kk, kernel + (3, 4))
+  pad = [((k - 1) // 2, (k - 1) // 2) for k in kernel]
+  reference = lambda x, w: jax.lax.conv_general_dilated(x, w, strides, pad, dimension_numbers=("NDHWC", "DHWIO",
+                                                                                                "NDHWC"))
+  ours = lambda x, w: r2plus1d.conv3d(x, w, strides)
+  expected = reference(x, w)
+  np.testing.assert_allclose(ours(x, w), expected, rtol=1e-5, atol=1e-5)
+  cotangent = jax.random.normal(kg, expected.shape)
+  loss = lambda fn: (lambda x, w: jnp.sum(fn(x, w) * cotangent))
+  for got, want in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(reference), (0, 1))(x, w)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
