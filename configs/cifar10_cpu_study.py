@@ -17,7 +17,8 @@ Variant `:smoke` (digits, a few steps per run) checks the whole study end to end
 from configs import cifar10_afnc
 from csl_jax import config as config_lib
 
-EPOCHS = 4.0
+# Budget: the whole study (11 runs, pretraining + every evaluation stage) in about two hours of the 2-core CPU.
+EPOCHS = 2.0
 SECOND_SEED = 1
 # Per-run method settings (the shared optimiser and budget below apply to all).
 METHODS = {
