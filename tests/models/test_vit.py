@@ -183,3 +183,51 @@ def test_vit_parameter_counts_match_the_releases():
     shapes = jax.eval_shape(get_encoder(name).init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
     width = vit.ARCHITECTURES[name]["width"]
     assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) + width * 1000 + 1000 == count
+
+
+def _numpy_attention(q, k, v):
+  scores = np.einsum("bnqd,bnkd->bnqk", q, k) / np.sqrt(q.shape[-1])
+  weights = np.exp(scores - scores.max(-1, keepdims=True))
+  return np.einsum("bnqk,bnkd->bnqd", weights / weights.sum(-1, keepdims=True), v)
+
+
+@pytest.mark.parametrize("batch", [vit.ATTENTION_GROUP * 3, vit.ATTENTION_GROUP + 2, 1])
+def test_attention_in_groups_equals_plain_softmax_attention(batch):
+  """Grouped (batch a multiple of ATTENTION_GROUP) and ungrouped attention against float64 numpy, values and the
+  input gradient (against the ungrouped block, which XLA differentiates without lax.map)."""
+  rng = np.random.default_rng(batch)
+  q, k, v = (rng.normal(size=(batch, 3, 7, 8)).astype(np.float32) * 3 for _ in range(3))
+  out = vit._attention(q, k, v)
+  np.testing.assert_allclose(out, _numpy_attention(*(t.astype(np.float64) for t in (q, k, v))), atol=2e-5)
+  probe = rng.normal(size=out.shape).astype(np.float32)
+  grads = jax.grad(lambda *t: jnp.sum(vit._attention(*t) * probe), argnums=(0, 1, 2))(q, k, v)
+  plain = jax.grad(lambda *t: jnp.sum(vit._attention_block(*t) * probe), argnums=(0, 1, 2))(q, k, v)
+  chex.assert_trees_all_close(grads, plain, atol=2e-5)
+
+
+def test_class_token_block_equals_the_full_blocks_first_token():
+  """Block(x, num_queries=1) — what the last block runs — is the full block's first output token."""
+  x = jax.random.normal(jax.random.key(0), (vit.ATTENTION_GROUP * 2, 11, 48)) * 2
+  block = vit.Block(num_heads=4)
+  params = block.init(jax.random.key(1), x)
+  first = block.apply(params, x, 1)
+  assert first.shape == (x.shape[0], 1, 48)
+  np.testing.assert_allclose(first, block.apply(params, x)[:, :1], atol=2e-5)
+  grad_first = jax.grad(lambda x: jnp.sum(block.apply(params, x, 1) ** 2))(x)
+  grad_full = jax.grad(lambda x: jnp.sum(block.apply(params, x)[:, :1] ** 2))(x)
+  np.testing.assert_allclose(grad_first, grad_full, atol=1e-4)
+
+
+def test_layer_norm_matches_float64_on_a_large_offset_residual_stream():
+  """Two-pass statistics: features around 300 with unit spread (trained ViTs' residual streams) keep their digits,
+  where one-pass E[x²] − E[x]² in f32 would not."""
+  rng = np.random.default_rng(0)
+  x = (300.0 + rng.normal(size=(2, 5, 64))).astype(np.float32)
+  norm = vit.LayerNorm()
+  params = {"params": {"scale": rng.normal(size=64).astype(np.float32), "bias": rng.normal(size=64).astype(np.float32)}}
+  x64 = x.astype(np.float64)
+  centred = x64 - x64.mean(-1, keepdims=True)
+  want = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + vit.LAYER_NORM_EPS)
+  want = want * params["params"]["scale"] + params["params"]["bias"]
+  np.testing.assert_allclose(norm.apply(params, x), want, atol=2e-4)
+  assert jax.tree.structure(norm.init(jax.random.key(0), x)) == jax.tree.structure(params)
