@@ -140,7 +140,7 @@ def _attention_block(q, k, v):
   scores = jnp.einsum("bnqd,bnkd->bnqk", q * (q.shape[-1] ** -0.5), k).astype(jnp.float32)
   weights = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
   out = jnp.einsum("bnqk,bnkd->bnqd", weights.astype(v.dtype), v)
-  return (out / jnp.sum(weights, axis=-1, keepdims=True).astype(v.dtype)).astype(v.dtype)
+  return out / jnp.sum(weights, axis=-1, keepdims=True).astype(v.dtype)
 
 
 class Mlp(nn.Module):
